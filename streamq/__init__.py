@@ -1,0 +1,1 @@
+"""streamq: placeholder, replaced by the core."""
