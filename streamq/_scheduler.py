@@ -1,0 +1,267 @@
+"""Worker pools: one per CMG, threads pinned to the CMG's CPUs.
+
+What runs on a pool is a *runnable*: an object with a ``_drain(worker)`` method
+(a queue with work ready, or one participant of an ``apply``). Runnables wait in
+priority-ordered FIFO lists: one per CMG, and one for the whole machine that the
+workers of every CMG serve once their own list is empty.
+
+Invariants (all under the scheduler's single lock):
+- a CMG has at most ``ncores`` *active* workers: taking work, running it, not
+  parked and not blocked in a streamq wait;
+- a worker that blocks in a streamq wait stops being active, so another worker
+  of its CMG may start (spawned if none is idle): waits never starve the pool;
+- a worker that unblocks while its CMG is full parks again at its next pick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+from . import _blocking, _limits
+from .topology import CMG, _set_current_cmg, topology
+
+_logger = logging.getLogger("streamq")
+
+#: Extra threads a CMG may start to replace workers blocked in streamq waits.
+MAX_EXTRA_THREADS = 64
+#: Seconds an extra (above ncores) idle worker lingers before it exits.
+EXTRA_IDLE_SECONDS = 5.0
+
+
+class _ReadyList:
+    """Runnables by priority (higher first), FIFO within one priority."""
+
+    __slots__ = ("levels", "priorities", "count")
+
+    def __init__(self):
+        self.levels: dict[int, list] = {}
+        self.priorities: list[int] = []  # descending
+        self.count = 0
+
+    def push(self, runnable, priority: int) -> None:
+        level = self.levels.get(priority)
+        if level is None:
+            from collections import deque
+            level = self.levels[priority] = deque()
+            self.priorities.append(priority)
+            self.priorities.sort(reverse=True)
+        level.append(runnable)
+        self.count += 1
+
+    def top(self) -> int | None:
+        if self.count:
+            for p in self.priorities:
+                if self.levels[p]:
+                    return p
+        return None
+
+    def pop(self, priority: int):
+        self.count -= 1
+        return self.levels[priority].popleft()
+
+    def drain_all(self) -> list:
+        out = []
+        for p in self.priorities:
+            out.extend(self.levels[p])
+            self.levels[p].clear()
+        self.count = 0
+        return out
+
+
+class Worker(threading.Thread):
+    """One pinned worker thread of a CMG pool."""
+
+    def __init__(self, pool: "CMGPool", number: int, extra: bool):
+        super().__init__(name=f"streamq-cmg{pool.cmg.index}-w{number}", daemon=True)
+        self.pool = pool
+        self.extra = extra
+        self.park = threading.Lock()
+        self.park.acquire()
+        self.numba_threads = 0
+        self.draining = None  # the queue whose items this worker is running
+
+    def run(self) -> None:
+        pool = self.pool
+        cmg = pool.cmg
+        try:
+            os.sched_setaffinity(0, cmg.cpus)
+        except OSError as exc:  # e.g. CPUs outside a container's cpuset
+            _logger.warning("streamq: cannot pin %s to CPUs %s: %s", self.name, cmg.cpus, exc)
+        _blocking._state.worker = self
+        _set_current_cmg(cmg)
+        _limits.configure_worker_thread(cmg)
+        sched = pool.sched
+        while True:
+            runnable = sched._take(self)
+            if runnable is None:
+                return
+            if "numba" in sys.modules:
+                self._limit_numba()
+            try:
+                runnable._drain(self)
+            except BaseException:  # a runnable must never kill its worker
+                _logger.exception("streamq: internal error in %s draining %r", self.name, runnable)
+            runnable = None  # a parked worker must not keep a queue (and its last task) alive
+
+    def _limit_numba(self) -> None:
+        """Hold numba's threads in this worker to its share of the CMG's cores."""
+        pool = self.pool
+        want = max(1, pool.cmg.ncores // max(1, pool.nactive))
+        if want != self.numba_threads:
+            self.numba_threads = want
+            _limits.set_numba_threads(want)
+
+
+class CMGPool:
+    """The workers of one CMG and the runnables waiting for them."""
+
+    def __init__(self, sched: "Scheduler", cmg: CMG):
+        self.sched = sched
+        self.cmg = cmg
+        self.ncores = cmg.ncores
+        self.ready = _ReadyList()
+        self.idle: list[Worker] = []
+        self.nactive = 0
+        self.nthreads = 0
+        self.nextra = 0
+        self._numbers = 0
+
+    def _spawn_locked(self) -> Worker | None:
+        extra = self.nthreads >= self.ncores
+        if extra and self.nextra >= MAX_EXTRA_THREADS:
+            return None
+        self._numbers += 1
+        worker = Worker(self, self._numbers, extra)
+        self.nthreads += 1
+        self.nextra += extra
+        self.nactive += 1  # it starts active, straight into its first pick
+        worker.start()
+        return worker
+
+    def _wake_locked(self) -> bool:
+        """Make one more worker active if the CMG has room; True if one was."""
+        if self.nactive >= self.ncores:
+            return False
+        if self.idle:
+            worker = self.idle.pop()
+            self.nactive += 1
+            worker.park.release()
+            return True
+        return self._spawn_locked() is not None
+
+    # Blocking accounting, called through streamq._blocking.blocked().
+    def _worker_blocked(self, worker: Worker) -> None:
+        sched = self.sched
+        with sched.lock:
+            self.nactive -= 1
+            if self.ready.count or sched.machine_ready.count:
+                self._wake_locked()
+
+    def _worker_unblocked(self, worker: Worker) -> None:
+        with self.sched.lock:
+            self.nactive += 1
+
+
+class Scheduler:
+    """All CMG pools and the machine-wide ready list."""
+
+    def __init__(self, cmgs: tuple[CMG, ...]):
+        self.lock = threading.Lock()
+        self.pools = [CMGPool(self, cmg) for cmg in cmgs]
+        self.machine_ready = _ReadyList()
+        self.stopping = False
+        _limits.configure_process(cmgs)
+
+    def post(self, runnable, pool: CMGPool | None, priority: int) -> None:
+        """Make ``runnable`` ready on ``pool`` (or on any CMG if None) and wake a worker."""
+        with self.lock:
+            if pool is not None:
+                pool.ready.push(runnable, priority)
+                pool._wake_locked()
+            else:
+                self.machine_ready.push(runnable, priority)
+                # Prefer the CMG with the most room.
+                best = None
+                for p in self.pools:
+                    if p.nactive < p.ncores and (best is None or p.nactive - p.ncores < best.nactive - best.ncores):
+                        best = p
+                if best is not None:
+                    best._wake_locked()
+
+    def has_waiting(self, pool: CMGPool, priority: int) -> bool:
+        """True if work of at least ``priority`` waits for ``pool``'s workers (racy hint)."""
+        if not (pool.ready.count or self.machine_ready.count):
+            return False
+        top = pool.ready.top()
+        mtop = self.machine_ready.top()
+        return (top is not None and top >= priority) or (mtop is not None and mtop >= priority)
+
+    def _take(self, worker: Worker):
+        """The next runnable for ``worker``; parks it while there is none. None: exit."""
+        pool = worker.pool
+        while True:
+            with self.lock:
+                if pool.nactive <= pool.ncores:
+                    own = pool.ready.top()
+                    machine = self.machine_ready.top()
+                    if own is not None and (machine is None or own >= machine):
+                        return pool.ready.pop(own)
+                    if machine is not None:
+                        return self.machine_ready.pop(machine)
+                if self.stopping:
+                    pool.nactive -= 1
+                    pool.nthreads -= 1
+                    return None
+                pool.nactive -= 1
+                pool.idle.append(worker)
+            if worker.extra:
+                if not worker.park.acquire(timeout=EXTRA_IDLE_SECONDS):
+                    with self.lock:
+                        if worker in pool.idle:
+                            pool.idle.remove(worker)
+                            pool.nthreads -= 1
+                            pool.nextra -= 1
+                            return None
+                    worker.park.acquire()  # woken just as we timed out: take the wake-up
+            else:
+                worker.park.acquire()
+
+    def stop(self) -> None:
+        """Let idle workers exit (used at interpreter exit, after the work is done)."""
+        with self.lock:
+            self.stopping = True
+            for pool in self.pools:
+                while pool.idle:
+                    worker = pool.idle.pop()
+                    pool.nactive += 1
+                    worker.park.release()
+
+
+_scheduler: Scheduler | None = None
+_scheduler_lock = threading.Lock()
+
+
+def scheduler() -> Scheduler:
+    """The process's scheduler, started on first use from :func:`streamq.topology`."""
+    global _scheduler
+    sched = _scheduler
+    if sched is None:
+        with _scheduler_lock:
+            sched = _scheduler
+            if sched is None:
+                sched = _scheduler = Scheduler(topology())
+    return sched
+
+
+def pool_for(cmg: int | CMG | None) -> CMGPool | None:
+    """The pool of CMG ``cmg`` (an index or a CMG), or None for the whole machine."""
+    if cmg is None:
+        return None
+    index = cmg.index if isinstance(cmg, CMG) else cmg
+    pools = scheduler().pools
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(pools):
+        raise ValueError(f"cmg must be an index in range({len(pools)}) or None, got {cmg!r}")
+    return pools[index]
