@@ -6,7 +6,8 @@ Before Python tears down threads, streamq:
 2. cancels, with a warning naming each queue, the work of suspended queues,
    which would otherwise never run (its waiters see CancelledError);
 3. waits for every queue to finish the rest, like ThreadPoolExecutor does;
-4. flushes and closes the queue log, and lets idle workers exit.
+4. logs task failures nobody retrieved (the tasks may outlive the exit hook);
+5. flushes and closes the queue log, and lets idle workers exit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import threading
 
 from . import _scheduler, _timer, trace
+from .task import report_unretrieved
 
 _logger = logging.getLogger("streamq")
 
@@ -35,6 +37,7 @@ def _at_exit() -> None:
     for queue in list(_live_queues):
         if not queue.suspended:
             queue.synchronize()
+    report_unretrieved()
     trace.disable()
     if _scheduler._scheduler is not None:
         _scheduler._scheduler.stop()

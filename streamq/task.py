@@ -17,6 +17,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from concurrent.futures._base import (
@@ -41,17 +42,30 @@ _lazy_lock = threading.Lock()
 class _UnretrievedError:
     """Logs a task's exception if the task is dropped before anyone looked at it."""
 
-    __slots__ = ("label", "exc")
+    __slots__ = ("label", "exc", "__weakref__")
 
     def __init__(self, label: str, exc: BaseException):
         self.label = label  # a string, not the task: no reference cycle, prompt __del__
         self.exc = exc
+        _unretrieved.add(self)
 
-    def __del__(self):
+    def report(self) -> None:
         if self.label is not None:
             exc = self.exc
             _logger.error("streamq: exception in %s was never retrieved", self.label,
                           exc_info=(type(exc), exc, exc.__traceback__))
+            self.label = None
+
+    __del__ = report
+
+
+_unretrieved: "weakref.WeakSet[_UnretrievedError]" = weakref.WeakSet()
+
+
+def report_unretrieved() -> None:
+    """Log every failure nobody has looked at yet (called at interpreter exit)."""
+    for reporter in list(_unretrieved):
+        reporter.report()
 
 
 class _Waiters(list):
