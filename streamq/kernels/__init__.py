@@ -5,7 +5,7 @@ facade. Each op is registered under a name (``"cublas.gemm"``,
 ``"cudnn.convolution_forward"``, ``"aten::add"``, ...) by one or more providers
 (``numba``, ``blas``, ``reference``); :func:`get` picks the best available one
 in the order set by ``STREAMQ_PROVIDERS`` or :func:`set_order`.
-See ``docs/kernels.md`` for every op's signature and contract.
+See ``docs/kernels/`` for every op's signature and contract.
 """
 
 from .registry import (

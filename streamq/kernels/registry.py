@@ -172,10 +172,15 @@ def _load_builtin_and_entry_points() -> None:
     with _lock:
         if _entry_points_loaded:
             return
-        _entry_points_loaded = True
         import importlib
         for module in _builtin_modules:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:
+                    raise  # a real missing dependency of the module: report it
+                # A built-in module not present in this build: its ops are simply absent.
+        _entry_points_loaded = True
         try:
             from importlib.metadata import entry_points
             found = entry_points(group=ENTRY_POINT_GROUP)

@@ -1,0 +1,185 @@
+"""numba kernels behind the convolution ops: im2col/col2im blocks, depthwise, bias.
+
+Private helpers of :mod:`streamq.kernels.conv`. im2col/col2im are serial (the
+GEMMs between them use OpenBLAS's threads); the depthwise and bias kernels are
+``parallel=True``. Callers validate every shape
+and parameter before calling (these kernels do not bound-check). All arrays
+are C-contiguous and of one float dtype (float32 or float64), except the
+accumulators named below.
+
+Column-matrix layout (shared with the numpy lowering in ``_conv_fast``): the
+column block of images ``n0 .. n0+nb`` and output rows ``p0 .. p0+np_`` has
+one row per filter tap ``(c, r, s)`` -> ``(c*R + r)*S + s`` and one column per
+output pixel ``(i, p, q)`` -> ``(i*np_ + (p - p0))*Q + q``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_JIT = dict(cache=True, nogil=True, fastmath=False)
+
+
+@njit(inline="always")
+def _q_range(off, sw, W, Q):
+    """Output columns q with 0 <= q*sw + off < W, as [lo, hi)."""
+    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+    last = W - 1 - off
+    hi = 0 if last < 0 else min(Q, last // sw + 1)
+    return lo, max(lo, hi)
+
+
+@njit(**_JIT)
+def im2col(x, col, n0, nb, c0, cg, p0, np_, Q, R, S, ph, pw, sh, sw, dh, dw):
+    """Fill ``col`` (cg*R*S, nb*np_*Q) from x (N, C, H, W); zero where padded."""
+    H = x.shape[2]
+    W = x.shape[3]
+    for row in prange(cg * R * S):
+        c = row // (R * S)
+        r = (row // S) % R
+        s = row % S
+        off = s * dw - pw
+        lo, hi = _q_range(off, sw, W, Q)
+        for i in range(nb):
+            for pp in range(np_):
+                h = (p0 + pp) * sh - ph + r * dh
+                base = (i * np_ + pp) * Q
+                if h < 0 or h >= H:
+                    for q in range(Q):
+                        col[row, base + q] = 0
+                    continue
+                for q in range(lo):
+                    col[row, base + q] = 0
+                if sw == 1:
+                    for q in range(lo, hi):
+                        col[row, base + q] = x[n0 + i, c0 + c, h, q + off]
+                else:
+                    for q in range(lo, hi):
+                        col[row, base + q] = x[n0 + i, c0 + c, h, q * sw + off]
+                for q in range(hi, Q):
+                    col[row, base + q] = 0
+
+
+@njit(**_JIT)
+def col2im_add(col, dx, nb, c0, cg, p0, np_, Q, R, S, ph, pw, sh, sw, dh, dw):
+    """Scatter-add ``col`` (cg*R*S, nb*np_*Q) into dx[0:nb, c0:c0+cg] (the adjoint of im2col)."""
+    H = dx.shape[2]
+    W = dx.shape[3]
+    for c in prange(cg):
+        for r in range(R):
+            for s in range(S):
+                row = (c * R + r) * S + s
+                off = s * dw - pw
+                lo, hi = _q_range(off, sw, W, Q)
+                for i in range(nb):
+                    for pp in range(np_):
+                        h = (p0 + pp) * sh - ph + r * dh
+                        if h < 0 or h >= H:
+                            continue
+                        base = (i * np_ + pp) * Q
+                        for q in range(lo, hi):
+                            dx[i, c0 + c, h, q * sw + off] += col[row, base + q]
+
+
+@njit(parallel=True, **_JIT)
+def depthwise_forward(x, w, y, ph, pw, sh, sw, dh, dw, alpha, beta):
+    """y = alpha*conv(x, w) + beta*y for groups == C (w: (K, 1, R, S), K = C*M)."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = y.shape[2], y.shape[3]
+    M = K // C
+    for t in prange(N * K):
+        n = t // K
+        k = t % K
+        c = k // M
+        acc = np.zeros((P, Q), dtype=y.dtype)
+        for r in range(R):
+            for s in range(S):
+                wv = w[k, 0, r, s]
+                off = s * dw - pw
+                lo, hi = _q_range(off, sw, W, Q)
+                for p in range(P):
+                    h = p * sh - ph + r * dh
+                    if h < 0 or h >= H:
+                        continue
+                    for q in range(lo, hi):
+                        acc[p, q] += wv * x[n, c, h, q * sw + off]
+        for p in range(P):
+            for q in range(Q):
+                if beta == 0:
+                    y[n, k, p, q] = alpha * acc[p, q]
+                else:
+                    y[n, k, p, q] = alpha * acc[p, q] + beta * y[n, k, p, q]
+
+
+@njit(parallel=True, **_JIT)
+def depthwise_backward_data(w, dy, dx, ph, pw, sh, sw, dh, dw, alpha, beta):
+    """dx = alpha*conv_transpose(dy, w) + beta*dx for groups == C."""
+    N, C, H, W = dx.shape
+    K, _, R, S = w.shape
+    P, Q = dy.shape[2], dy.shape[3]
+    M = K // C
+    for t in prange(N * C):
+        n = t // C
+        c = t % C
+        acc = np.zeros((H, W), dtype=dx.dtype)
+        for m in range(M):
+            k = c * M + m
+            for r in range(R):
+                for s in range(S):
+                    wv = w[k, 0, r, s]
+                    off = s * dw - pw
+                    lo, hi = _q_range(off, sw, W, Q)
+                    for p in range(P):
+                        h = p * sh - ph + r * dh
+                        if h < 0 or h >= H:
+                            continue
+                        for q in range(lo, hi):
+                            acc[h, q * sw + off] += wv * dy[n, k, p, q]
+        for h in range(H):
+            for ww in range(W):
+                if beta == 0:
+                    dx[n, c, h, ww] = alpha * acc[h, ww]
+                else:
+                    dx[n, c, h, ww] = alpha * acc[h, ww] + beta * dx[n, c, h, ww]
+
+
+@njit(parallel=True, **_JIT)
+def depthwise_backward_filter(x, dy, dwt, ph, pw, sh, sw, dh, dw, alpha, beta):
+    """dwt = alpha*grad_w + beta*dwt for groups == C; sums in float64."""
+    N, C, H, W = x.shape
+    K, _, R, S = dwt.shape
+    P, Q = dy.shape[2], dy.shape[3]
+    M = K // C
+    for k in prange(K):
+        c = k // M
+        for r in range(R):
+            for s in range(S):
+                off = s * dw - pw
+                lo, hi = _q_range(off, sw, W, Q)
+                acc = 0.0
+                for n in range(N):
+                    for p in range(P):
+                        h = p * sh - ph + r * dh
+                        if h < 0 or h >= H:
+                            continue
+                        for q in range(lo, hi):
+                            acc += np.float64(dy[n, k, p, q]) * np.float64(x[n, c, h, q * sw + off])
+                if beta == 0:
+                    dwt[k, 0, r, s] = alpha * acc
+                else:
+                    dwt[k, 0, r, s] = alpha * acc + beta * dwt[k, 0, r, s]
+
+
+@njit(parallel=True, **_JIT)
+def bias_sum(dy, out):
+    """out[k] = sum over n, p, q of dy[n, k, p, q], accumulated in float64."""
+    N, K, P, Q = dy.shape
+    for k in prange(K):
+        acc = 0.0
+        for n in range(N):
+            for p in range(P):
+                for q in range(Q):
+                    acc += dy[n, k, p, q]
+        out[k] = acc

@@ -1,0 +1,343 @@
+"""cuDNN activation forward/backward (``cudnn.activation_forward``/``_backward``).
+
+Elementwise over arrays of any shape; ``y``/``dx`` have the shape and dtype of
+``x``. Modes (``coef`` as in ``cudnnSetActivationDescriptor``):
+
+=============  ===========================  ===================================
+mode           forward f(x)                 backward dx = dy * f'(.)
+=============  ===========================  ===================================
+relu           max(x, 0)                    dy if x > 0 else 0
+sigmoid        1 / (1 + exp(-x))            dy * y * (1 - y)        (reads y)
+tanh           tanh(x)                      dy * (1 - y*y)          (reads y)
+clipped_relu   min(max(x, 0), coef)         dy if 0 < x < coef else 0
+elu            x if x > 0 else coef*expm1   dy if x > 0 else dy*coef*exp(x)
+swish          x * sigmoid(coef*x)          dy * (s + coef*x*s*(1-s)), s=sigmoid(coef*x)
+identity       x                            dy
+=============  ===========================  ===================================
+
+NaN: forward propagates NaN for every mode (CUDNN_PROPAGATE_NAN; relu(NaN) is
+NaN). Backward of relu/clipped_relu/elu selects on ``x > 0``, so a NaN ``x``
+gives a zero gradient for relu/clipped_relu and NaN for elu.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import blend
+from ._dnn_common import JIT, JIT_PAR, K, check_array, check_choice, check_float, check_like, \
+    check_scalar, vexp, vexpm1, vtanh
+from ._dnn_elementwise import run_flat
+from .registry import register
+
+MODES = ("relu", "sigmoid", "tanh", "clipped_relu", "elu", "swish", "identity")
+
+
+def _check(mode, coef, alpha, beta, arrays):
+    """Validate mode/coef/alpha/beta and the (name, array) list, first is the reference."""
+    check_choice("mode", mode, MODES)
+    coef = check_scalar("coef", coef)
+    if mode == "clipped_relu" and coef < 0:
+        raise ValueError(f"coef (the clipped_relu ceiling) must be >= 0, got {coef}")
+    alpha = check_scalar("alpha", alpha)
+    beta = check_scalar("beta", beta)
+    ref_name, ref = arrays[0]
+    check_array(ref_name, ref)
+    check_float(ref_name, ref)
+    for name, arr in arrays[1:]:
+        check_like(name, arr, ref, ref_name, writable=name in ("y", "dx"))
+    return coef, alpha, beta
+
+
+# --------------------------------------------------------------------------
+# reference (float64 numpy)
+# --------------------------------------------------------------------------
+
+def _sigmoid64(v):
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-v))
+
+
+def _forward64(mode, x, coef):
+    if mode == "relu":
+        return np.maximum(x, 0.0)
+    if mode == "sigmoid":
+        return _sigmoid64(x)
+    if mode == "tanh":
+        return np.tanh(x)
+    if mode == "clipped_relu":
+        return np.minimum(np.maximum(x, 0.0), coef)
+    if mode == "elu":
+        return np.where(x > 0, x, coef * np.expm1(np.minimum(x, 0.0)))
+    if mode == "swish":
+        with np.errstate(invalid="ignore"):       # -inf * sigmoid(-inf) = -inf * 0 = NaN
+            return x * _sigmoid64(coef * x)
+    return x.copy()
+
+
+def _backward64(mode, y, dy, x, coef):
+    with np.errstate(invalid="ignore"):
+        if mode == "relu":
+            return np.where(x > 0, dy, 0.0)
+        if mode == "sigmoid":
+            return dy * y * (1.0 - y)
+        if mode == "tanh":
+            return dy * (1.0 - y * y)
+        if mode == "clipped_relu":
+            return np.where((x > 0) & (x < coef), dy, 0.0)
+        if mode == "elu":
+            return np.where(x > 0, dy, dy * coef * np.exp(np.minimum(x, 0.0)))
+        if mode == "swish":
+            s = _sigmoid64(coef * x)
+            return dy * (s + coef * x * s * (1.0 - s))
+        return dy.copy()
+
+
+@register("cudnn.activation_forward", "reference")
+def activation_forward_reference(x, y, *, mode, coef=0.0, alpha=1.0, beta=0.0):
+    """``y = alpha * f(x) + beta * y`` for activation ``mode`` (see module doc)."""
+    coef, alpha, beta = _check(mode, coef, alpha, beta, [("x", x), ("y", y)])
+    blend(y, _forward64(mode, x.astype(np.float64), coef), alpha, beta)
+
+
+@register("cudnn.activation_backward", "reference")
+def activation_backward_reference(y, dy, x, dx, *, mode, coef=0.0, alpha=1.0, beta=0.0):
+    """``dx = alpha * dy * f'(x) + beta * dx`` (sigmoid/tanh read ``y``, others ``x``)."""
+    coef, alpha, beta = _check(mode, coef, alpha, beta,
+                               [("x", x), ("y", y), ("dy", dy), ("dx", dx)])
+    f64 = np.float64
+    blend(dx, _backward64(mode, y.astype(f64), dy.astype(f64), x.astype(f64), coef),
+          alpha, beta)
+
+
+# --------------------------------------------------------------------------
+# numba
+# --------------------------------------------------------------------------
+
+# One scalar function per mode (numba-inlined into its kernel), then one
+# parallel kernel per mode: a single kernel switching on the mode inside the
+# loop does not vectorise. Backward scalars take (y, dy, x, coef).
+# ``if beta != 0`` is loop-invariant: LLVM unswitches it, and the beta == 0
+# version never reads the output (so NaN there cannot leak).
+
+@njit(inline="always", **JIT)
+def _sigmoid(v):
+    one = K(1.0, v)
+    return one / (one + vexp(-v))
+
+
+@njit(inline="always", **JIT)
+def _f_relu(v, c):
+    return v if not (v <= K(0.0, v)) else K(0.0, v)   # "not <=": NaN propagates
+
+
+@njit(inline="always", **JIT)
+def _f_sigmoid(v, c):
+    return _sigmoid(v)
+
+
+@njit(inline="always", **JIT)
+def _f_tanh(v, c):
+    return vtanh(v)
+
+
+@njit(inline="always", **JIT)
+def _f_clipped_relu(v, c):
+    return K(0.0, v) if v <= K(0.0, v) else (c if v >= c else v)
+
+
+@njit(inline="always", **JIT)
+def _f_elu(v, c):
+    return v if v > K(0.0, v) else c * vexpm1(v)
+
+
+@njit(inline="always", **JIT)
+def _f_swish(v, c):
+    return v * _sigmoid(c * v)
+
+
+@njit(inline="always", **JIT)
+def _f_identity(v, c):
+    return v
+
+
+@njit(inline="always", **JIT)
+def _g_relu(yv, g, xv, c):
+    return g if xv > K(0.0, g) else K(0.0, g)
+
+
+@njit(inline="always", **JIT)
+def _g_sigmoid(yv, g, xv, c):
+    return g * yv * (K(1.0, g) - yv)
+
+
+@njit(inline="always", **JIT)
+def _g_tanh(yv, g, xv, c):
+    return g * (K(1.0, g) - yv * yv)
+
+
+@njit(inline="always", **JIT)
+def _g_clipped_relu(yv, g, xv, c):
+    return g if (xv > K(0.0, g) and xv < c) else K(0.0, g)
+
+
+@njit(inline="always", **JIT)
+def _g_elu(yv, g, xv, c):
+    return g if xv > K(0.0, g) else g * c * vexp(xv)
+
+
+@njit(inline="always", **JIT)
+def _g_swish(yv, g, xv, c):
+    s = _sigmoid(c * xv)
+    return g * (s + c * xv * s * (K(1.0, g) - s))
+
+
+@njit(inline="always", **JIT)
+def _g_identity(yv, g, xv, c):
+    return g
+
+
+@njit(**JIT_PAR)
+def _fwd_relu(x, y, coef, alpha, beta):
+    for i in prange(y.size):
+        v = alpha * _f_relu(x[i], coef)
+        if beta != 0:
+            v += beta * y[i]
+        y[i] = v
+
+
+@njit(**JIT_PAR)
+def _fwd_sigmoid(x, y, coef, alpha, beta):
+    for i in prange(y.size):
+        v = alpha * _f_sigmoid(x[i], coef)
+        if beta != 0:
+            v += beta * y[i]
+        y[i] = v
+
+
+@njit(**JIT_PAR)
+def _fwd_tanh(x, y, coef, alpha, beta):
+    for i in prange(y.size):
+        v = alpha * _f_tanh(x[i], coef)
+        if beta != 0:
+            v += beta * y[i]
+        y[i] = v
+
+
+@njit(**JIT_PAR)
+def _fwd_clipped_relu(x, y, coef, alpha, beta):
+    for i in prange(y.size):
+        v = alpha * _f_clipped_relu(x[i], coef)
+        if beta != 0:
+            v += beta * y[i]
+        y[i] = v
+
+
+@njit(**JIT_PAR)
+def _fwd_elu(x, y, coef, alpha, beta):
+    for i in prange(y.size):
+        v = alpha * _f_elu(x[i], coef)
+        if beta != 0:
+            v += beta * y[i]
+        y[i] = v
+
+
+@njit(**JIT_PAR)
+def _fwd_swish(x, y, coef, alpha, beta):
+    for i in prange(y.size):
+        v = alpha * _f_swish(x[i], coef)
+        if beta != 0:
+            v += beta * y[i]
+        y[i] = v
+
+
+@njit(**JIT_PAR)
+def _fwd_identity(x, y, coef, alpha, beta):
+    for i in prange(y.size):
+        v = alpha * _f_identity(x[i], coef)
+        if beta != 0:
+            v += beta * y[i]
+        y[i] = v
+
+
+@njit(**JIT_PAR)
+def _bwd_relu(y, dy, x, dx, coef, alpha, beta):
+    for i in prange(dx.size):
+        v = alpha * _g_relu(y[i], dy[i], x[i], coef)
+        if beta != 0:
+            v += beta * dx[i]
+        dx[i] = v
+
+
+@njit(**JIT_PAR)
+def _bwd_sigmoid(y, dy, x, dx, coef, alpha, beta):
+    for i in prange(dx.size):
+        v = alpha * _g_sigmoid(y[i], dy[i], x[i], coef)
+        if beta != 0:
+            v += beta * dx[i]
+        dx[i] = v
+
+
+@njit(**JIT_PAR)
+def _bwd_tanh(y, dy, x, dx, coef, alpha, beta):
+    for i in prange(dx.size):
+        v = alpha * _g_tanh(y[i], dy[i], x[i], coef)
+        if beta != 0:
+            v += beta * dx[i]
+        dx[i] = v
+
+
+@njit(**JIT_PAR)
+def _bwd_clipped_relu(y, dy, x, dx, coef, alpha, beta):
+    for i in prange(dx.size):
+        v = alpha * _g_clipped_relu(y[i], dy[i], x[i], coef)
+        if beta != 0:
+            v += beta * dx[i]
+        dx[i] = v
+
+
+@njit(**JIT_PAR)
+def _bwd_elu(y, dy, x, dx, coef, alpha, beta):
+    for i in prange(dx.size):
+        v = alpha * _g_elu(y[i], dy[i], x[i], coef)
+        if beta != 0:
+            v += beta * dx[i]
+        dx[i] = v
+
+
+@njit(**JIT_PAR)
+def _bwd_swish(y, dy, x, dx, coef, alpha, beta):
+    for i in prange(dx.size):
+        v = alpha * _g_swish(y[i], dy[i], x[i], coef)
+        if beta != 0:
+            v += beta * dx[i]
+        dx[i] = v
+
+
+@njit(**JIT_PAR)
+def _bwd_identity(y, dy, x, dx, coef, alpha, beta):
+    for i in prange(dx.size):
+        v = alpha * _g_identity(y[i], dy[i], x[i], coef)
+        if beta != 0:
+            v += beta * dx[i]
+        dx[i] = v
+
+
+_FORWARD = {m: globals()["_fwd_" + m] for m in MODES}
+_BACKWARD = {m: globals()["_bwd_" + m] for m in MODES}
+
+
+@register("cudnn.activation_forward", "numba")
+def activation_forward_numba(x, y, *, mode, coef=0.0, alpha=1.0, beta=0.0):
+    """Same contract as the reference; parallel, computes in x's dtype (float16 as float32)."""
+    coef, alpha, beta = _check(mode, coef, alpha, beta, [("x", x), ("y", y)])
+    run_flat(_FORWARD[mode], (), (x,), y, (coef, alpha, beta), beta)
+
+
+@register("cudnn.activation_backward", "numba")
+def activation_backward_numba(y, dy, x, dx, *, mode, coef=0.0, alpha=1.0, beta=0.0):
+    """Same contract as the reference; parallel, computes in x's dtype (float16 as float32)."""
+    coef, alpha, beta = _check(mode, coef, alpha, beta,
+                               [("x", x), ("y", y), ("dy", dy), ("dx", dx)])
+    run_flat(_BACKWARD[mode], (), (y, dy, x), dx, (coef, alpha, beta), beta)

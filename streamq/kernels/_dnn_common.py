@@ -1,0 +1,308 @@
+"""Shared pieces of the cuDNN-style kernels: argument checks and numba math.
+
+Private to ``pooling`` and ``dnn_ops``. Two halves:
+
+* Python-side validation helpers that raise ``ValueError``/``TypeError``
+  naming the offending parameter, so that no numba kernel ever sees an
+  array it could index out of bounds.
+* ``@njit``-callable scalar math that LLVM can vectorise without fastmath:
+  ``vexp``, ``vexpm1``, ``vtanh`` (Cody-Waite range reduction plus a
+  polynomial, ~1 ulp in float32 and ~2 ulp in float64; results below the
+  smallest normal are flushed to 0) and ``K(c, arr)``, which turns a Python
+  constant into ``arr``'s dtype so one kernel source serves float32 and
+  float64 without silent promotion to float64.
+
+numba's own ``math.exp`` calls libm per element (no SVML here), which makes
+transcendental activations compute-bound; these versions vectorise to AVX2.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from ._common import check_array, check_float
+
+__all__ = [
+    "JIT", "JIT_PAR", "K", "vexp", "vexpm1", "vtanh",
+    "check_array", "check_float", "check_like", "check_scalar", "check_choice",
+    "compute_dtype", "real_scalar",
+]
+
+# Every numba kernel in these modules uses one of these two option sets.
+# error_model="numpy": float division by zero gives inf/nan instead of a
+# Python exception check, which otherwise blocks vectorisation.
+JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
+JIT_PAR = dict(JIT, parallel=True)
+
+
+# --------------------------------------------------------------------------
+# numba helpers
+# --------------------------------------------------------------------------
+
+def K(c, like):
+    """``c`` converted to the dtype of ``like`` (an array or a float scalar)."""
+    return np.asarray(like).dtype.type(c)
+
+
+@overload(K, inline="always")
+def _K_overload(c, like):
+    ty = like.dtype if isinstance(like, types.Array) else like
+
+    def impl(c, like):
+        return ty(c)
+    return impl
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """Exact fused multiply-add ``a*b + c`` (one rounding), any float type."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+    return a(a, a, a), codegen
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _f64_from_bits(typingctx, bits):
+    if bits != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+_F32 = np.float32
+
+
+@njit(**JIT)
+def _exp32(x):
+    # exp(x) = 2**n * exp(r), |r| <= ln2/2; Cephes expf polynomial.
+    big = x > _F32(88.3)
+    tiny = x < _F32(-87.3)
+    if big:
+        x = _F32(88.3)
+    if tiny:
+        x = _F32(-87.3)
+    n = np.floor(_fma(x, _F32(1.4426950408889634), _F32(0.5)))
+    r = _fma(n, _F32(-0.693359375), x)
+    r = _fma(n, _F32(2.12194440e-4), r)
+    p = _F32(1.9875691500e-4)
+    p = _fma(p, r, _F32(1.3981999507e-3))
+    p = _fma(p, r, _F32(8.3334519073e-3))
+    p = _fma(p, r, _F32(4.1665795894e-2))
+    p = _fma(p, r, _F32(1.6666665459e-1))
+    p = _fma(p, r, _F32(5.0000001201e-1))
+    p = _fma(p, r * r, r + _F32(1.0))
+    e = p * _f32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    if big:
+        e = _F32(np.inf)
+    if tiny:
+        e = _F32(0.0)
+    return e
+
+
+@njit(**JIT)
+def _exp64(x):
+    big = x > 709.0
+    tiny = x < -708.3
+    if big:
+        x = 709.0
+    if tiny:
+        x = -708.3
+    n = np.floor(_fma(x, 1.4426950408889634, 0.5))
+    r = _fma(n, -6.93147180369123816490e-01, x)
+    r = _fma(n, -1.90821492927058770002e-10, r)
+    # Taylor series to degree 13: truncation < 1e-17 relative for |r| <= 0.347.
+    p = 1.0 / 6227020800.0
+    p = _fma(p, r, 1.0 / 479001600.0)
+    p = _fma(p, r, 1.0 / 39916800.0)
+    p = _fma(p, r, 1.0 / 3628800.0)
+    p = _fma(p, r, 1.0 / 362880.0)
+    p = _fma(p, r, 1.0 / 40320.0)
+    p = _fma(p, r, 1.0 / 5040.0)
+    p = _fma(p, r, 1.0 / 720.0)
+    p = _fma(p, r, 1.0 / 120.0)
+    p = _fma(p, r, 1.0 / 24.0)
+    p = _fma(p, r, 1.0 / 6.0)
+    p = _fma(p, r, 0.5)
+    p = _fma(p, r * r, r + 1.0)
+    e = p * _f64_from_bits(np.int64((np.int64(n) + np.int64(1023)) << np.int64(52)))
+    if big:
+        e = np.inf
+    if tiny:
+        e = 0.0
+    return e
+
+
+def vexp(x):
+    """Vectorisable exp (float32 or float64 scalar, result in the same type)."""
+    return math.exp(x)
+
+
+@overload(vexp)
+def _vexp_overload(x):
+    if x == types.float32:
+        return lambda x: _exp32(x)
+    if x == types.float64:
+        return lambda x: _exp64(x)
+    return None
+
+
+@njit(**JIT)
+def _expm1_32(x):
+    # Taylor to degree 8 for |x| < 0.35 (no cancellation), else exp(x) - 1.
+    p = _F32(1.0 / 40320.0)
+    p = _fma(p, x, _F32(1.0 / 5040.0))
+    p = _fma(p, x, _F32(1.0 / 720.0))
+    p = _fma(p, x, _F32(1.0 / 120.0))
+    p = _fma(p, x, _F32(1.0 / 24.0))
+    p = _fma(p, x, _F32(1.0 / 6.0))
+    p = _fma(p, x, _F32(0.5))
+    small = _fma(p * x, x, x)
+    large = _exp32(x) - _F32(1.0)
+    return small if abs(x) < _F32(0.35) else large
+
+
+@njit(**JIT)
+def _expm1_64(x):
+    p = 1.0 / 87178291200.0          # 1/14!
+    p = _fma(p, x, 1.0 / 6227020800.0)
+    p = _fma(p, x, 1.0 / 479001600.0)
+    p = _fma(p, x, 1.0 / 39916800.0)
+    p = _fma(p, x, 1.0 / 3628800.0)
+    p = _fma(p, x, 1.0 / 362880.0)
+    p = _fma(p, x, 1.0 / 40320.0)
+    p = _fma(p, x, 1.0 / 5040.0)
+    p = _fma(p, x, 1.0 / 720.0)
+    p = _fma(p, x, 1.0 / 120.0)
+    p = _fma(p, x, 1.0 / 24.0)
+    p = _fma(p, x, 1.0 / 6.0)
+    p = _fma(p, x, 0.5)
+    small = _fma(p * x, x, x)
+    large = _exp64(x) - 1.0
+    return small if abs(x) < 0.35 else large
+
+
+def vexpm1(x):
+    """Vectorisable expm1 (float32 or float64 scalar)."""
+    return math.expm1(x)
+
+
+@overload(vexpm1)
+def _vexpm1_overload(x):
+    if x == types.float32:
+        return lambda x: _expm1_32(x)
+    if x == types.float64:
+        return lambda x: _expm1_64(x)
+    return None
+
+
+@njit(**JIT)
+def _tanh32(x):
+    # Cephes tanhf: odd polynomial below 0.625, else 1 - 2/(exp(2|x|) + 1).
+    a = abs(x)
+    z = x * x
+    p = _F32(-5.70498872745e-3)
+    p = _fma(p, z, _F32(2.06390887954e-2))
+    p = _fma(p, z, _F32(-5.37397155531e-2))
+    p = _fma(p, z, _F32(1.33314422036e-1))
+    p = _fma(p, z, _F32(-3.33332819422e-1))
+    small = _fma(p * z, x, x)
+    t = _F32(1.0) - _F32(2.0) / (_exp32(a + a) + _F32(1.0))
+    large = t if x >= _F32(0.0) else -t
+    return small if a < _F32(0.625) else large
+
+
+@njit(**JIT)
+def _tanh64(x):
+    a = abs(x)
+    z = x * x
+    p = _fma(_fma(-9.64399179425052238628e-1, z, -9.92877231001918586564e1),
+             z, -1.61468768441708447952e3)
+    q = _fma(_fma(z + 1.12811678491632931402e2, z, 2.23548839060100448583e3),
+             z, 4.84406305325125486048e3)
+    small = _fma(z * p / q, x, x)
+    t = 1.0 - 2.0 / (_exp64(a + a) + 1.0)
+    large = t if x >= 0.0 else -t
+    return small if a < 0.625 else large
+
+
+def vtanh(x):
+    """Vectorisable tanh (float32 or float64 scalar)."""
+    return math.tanh(x)
+
+
+@overload(vtanh)
+def _vtanh_overload(x):
+    if x == types.float32:
+        return lambda x: _tanh32(x)
+    if x == types.float64:
+        return lambda x: _tanh64(x)
+    return None
+
+
+# --------------------------------------------------------------------------
+# Python-side validation
+# --------------------------------------------------------------------------
+
+def check_like(name: str, arr, ref: np.ndarray, ref_name: str, *,
+               writable: bool = False) -> np.ndarray:
+    """``arr`` must be an array with ``ref``'s shape and dtype."""
+    check_array(name, arr, writable=writable)
+    if arr.shape != ref.shape:
+        raise ValueError(f"{name} must have the shape of {ref_name} {ref.shape}, got {arr.shape}")
+    if arr.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {arr.dtype}")
+    return arr
+
+
+def real_scalar(name: str, value) -> float:
+    """A finite-or-not real Python/numpy scalar, as float; TypeError otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def check_scalar(name: str, value, *, finite: bool = True, minimum: float | None = None,
+                 maximum: float | None = None, min_inclusive: bool = True) -> float:
+    """Validate a real scalar parameter and return it as float."""
+    v = real_scalar(name, value)
+    if finite and not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if minimum is not None and (v < minimum or (not min_inclusive and v == minimum)):
+        op = ">=" if min_inclusive else ">"
+        raise ValueError(f"{name} must be {op} {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {v}")
+    return v
+
+
+def check_choice(name: str, value, choices) -> str:
+    """``value`` must be one of the strings in ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype numba kernels compute in: float16 data is processed as float32."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)

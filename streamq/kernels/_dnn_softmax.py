@@ -1,0 +1,287 @@
+"""cuDNN softmax forward/backward (``cudnn.softmax_forward``/``_backward``).
+
+``x``/``y``/``dy``/``dx`` are (N, C, *spatial) (NCHW for 4-D), one float dtype,
+any strides. ``mode="instance"`` normalises over C*H*W for each n;
+``mode="channel"`` over C for each (n, h, w). ``algorithm``:
+
+* ``"accurate"``: ``y = exp(x - max) / sum(exp(x - max))``.
+* ``"fast"``: cuDNN skips the max subtraction (and may overflow); here it is
+  computed exactly like ``"accurate"`` -- same values in exact arithmetic,
+  never overflows.
+* ``"log"``: ``y = x - max - log(sum(exp(x - max)))``.
+
+Backward takes the forward output ``y``: ``dx = y * (dy - sum(dy * y))``, or
+for ``"log"`` ``dx = dy - exp(y) * sum(dy)`` (sums over the same axes).
+NaN anywhere in a softmax group makes that whole group NaN. Blending
+``y = alpha*softmax(x) + beta*y`` (``beta == 0``: y not read).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import blend
+from ._dnn_common import JIT, JIT_PAR, check_array, check_choice, check_float, check_like, \
+    check_scalar, compute_dtype, vexp
+from ._dnn_batchnorm import _sum8
+from .registry import register
+
+ALGORITHMS = ("fast", "accurate", "log")
+MODES = ("instance", "channel")
+_SERIAL_BELOW = 1 << 15     # elements; smaller calls skip the thread-pool launch
+
+
+def _check(algorithm, mode, alpha, beta, arrays):
+    check_choice("algorithm", algorithm, ALGORITHMS)
+    check_choice("mode", mode, MODES)
+    alpha, beta = check_scalar("alpha", alpha), check_scalar("beta", beta)
+    ref_name, ref = arrays[0]
+    check_array(ref_name, ref)
+    check_float(ref_name, ref)
+    if ref.ndim < 2:
+        raise ValueError(f"{ref_name} must have at least 2 dimensions (N, C, ...), "
+                         f"got shape {ref.shape}")
+    for name, arr in arrays[1:]:
+        check_like(name, arr, ref, ref_name, writable=name in ("y", "dx"))
+    return alpha, beta
+
+
+def _axes(mode, a):
+    return tuple(range(1, a.ndim)) if mode == "instance" else (1,)
+
+
+# --------------------------------------------------------------------------
+# reference (float64 numpy)
+# --------------------------------------------------------------------------
+
+@register("cudnn.softmax_forward", "reference")
+def softmax_forward_reference(x, y, *, algorithm, mode, alpha=1.0, beta=0.0):
+    """``y = alpha * softmax(x) + beta * y`` (or log-softmax), over ``mode``'s axes."""
+    alpha, beta = _check(algorithm, mode, alpha, beta, [("x", x), ("y", y)])
+    x64 = x.astype(np.float64)
+    axes = _axes(mode, x)
+    shifted = x64 - x64.max(axis=axes, keepdims=True)
+    total = np.exp(shifted).sum(axis=axes, keepdims=True)
+    value = shifted - np.log(total) if algorithm == "log" else np.exp(shifted) / total
+    blend(y, value, alpha, beta)
+
+
+@register("cudnn.softmax_backward", "reference")
+def softmax_backward_reference(y, dy, dx, *, algorithm, mode, alpha=1.0, beta=0.0):
+    """``dx = alpha * dL/dx + beta * dx`` from the forward output ``y`` and ``dy``."""
+    alpha, beta = _check(algorithm, mode, alpha, beta, [("y", y), ("dy", dy), ("dx", dx)])
+    y64, dy64 = y.astype(np.float64), dy.astype(np.float64)
+    axes = _axes(mode, y)
+    if algorithm == "log":
+        value = dy64 - np.exp(y64) * dy64.sum(axis=axes, keepdims=True)
+    else:
+        value = y64 * (dy64 - (dy64 * y64).sum(axis=axes, keepdims=True))
+    blend(dx, value, alpha, beta)
+
+
+# --------------------------------------------------------------------------
+# numba: rows (reduction over a contiguous run) and channel blocks (M > 1)
+# --------------------------------------------------------------------------
+
+@njit(**JIT)
+def _max8(v):
+    """Max of a 1-D array with 8 partial maxima; NaN if any element is NaN."""
+    m = np.full(8, v[0])
+    n8 = v.size - v.size % 8
+    for i in range(0, n8, 8):
+        for j in range(8):
+            e = v[i + j]
+            m[j] = e if (e > m[j] or e != e) else m[j]
+    out = m[0]
+    for j in range(1, 8):
+        out = m[j] if (m[j] > out or m[j] != m[j]) else out
+    for i in range(n8, v.size):
+        e = v[i]
+        out = e if (e > out or e != e) else out
+    return out
+
+
+@njit(**JIT)
+def _dot8(u, v):
+    s = np.zeros(8)
+    n8 = u.size - u.size % 8
+    for i in range(0, n8, 8):
+        for j in range(8):
+            s[j] += np.float64(u[i + j]) * v[i + j]
+    for i in range(n8, u.size):
+        s[0] += np.float64(u[i]) * v[i]
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+
+
+@njit(**JIT)
+def _row_forward(xr, yr, log, alpha, beta):
+    mx = _max8(xr)
+    buf = yr if beta == 0 else np.empty_like(yr)
+    for i in range(xr.size):
+        buf[i] = vexp(xr[i] - mx)
+    total = _sum8(buf)
+    if log:
+        shift = mx + math.log(total)
+        for i in range(xr.size):
+            v = alpha * (xr[i] - shift)
+            if beta != 0:
+                v += beta * yr[i]
+            yr[i] = v
+    else:
+        scale = alpha / total
+        for i in range(xr.size):
+            v = scale * buf[i]
+            if beta != 0:
+                v += beta * yr[i]
+            yr[i] = v
+
+
+@njit(**JIT)
+def _row_backward(yr, gr, dxr, log, alpha, beta):
+    if log:
+        total = _sum8(gr)
+        for i in range(yr.size):
+            v = alpha * (gr[i] - vexp(yr[i]) * total)
+            if beta != 0:
+                v += beta * dxr[i]
+            dxr[i] = v
+    else:
+        total = _dot8(gr, yr)
+        for i in range(yr.size):
+            v = alpha * (yr[i] * (gr[i] - total))
+            if beta != 0:
+                v += beta * dxr[i]
+            dxr[i] = v
+
+
+@njit(**JIT_PAR)
+def _rows_forward_par(x2, y2, log, alpha, beta):
+    for r in prange(x2.shape[0]):
+        _row_forward(x2[r], y2[r], log, alpha, beta)
+
+
+@njit(**JIT)
+def _rows_forward_serial(x2, y2, log, alpha, beta):
+    for r in range(x2.shape[0]):
+        _row_forward(x2[r], y2[r], log, alpha, beta)
+
+
+@njit(**JIT_PAR)
+def _rows_backward_par(y2, g2, dx2, log, alpha, beta):
+    for r in prange(y2.shape[0]):
+        _row_backward(y2[r], g2[r], dx2[r], log, alpha, beta)
+
+
+@njit(**JIT)
+def _rows_backward_serial(y2, g2, dx2, log, alpha, beta):
+    for r in range(y2.shape[0]):
+        _row_backward(y2[r], g2[r], dx2[r], log, alpha, beta)
+
+
+_MB = 256   # spatial positions per task in channel mode
+
+
+@njit(**JIT_PAR)
+def _channel_forward(x3, y3, log, alpha, beta):
+    """Softmax over axis 1 of (N, C, M), vectorised along M in blocks of _MB."""
+    n_, c_, m_ = x3.shape
+    nb = (m_ + _MB - 1) // _MB
+    for t in prange(n_ * nb):
+        n = t // nb
+        m0 = (t % nb) * _MB
+        m1 = min(m0 + _MB, m_)
+        mx = x3[n, 0, m0:m1].copy()
+        for c in range(1, c_):
+            for i in range(m1 - m0):
+                e = x3[n, c, m0 + i]
+                mx[i] = e if (e > mx[i] or e != e) else mx[i]
+        total = np.zeros(m1 - m0)
+        for c in range(c_):
+            for i in range(m1 - m0):
+                total[i] += vexp(x3[n, c, m0 + i] - mx[i])
+        for i in range(m1 - m0):
+            total[i] = math.log(total[i]) if log else 1.0 / total[i]
+        for c in range(c_):
+            for i in range(m1 - m0):
+                d = x3[n, c, m0 + i] - mx[i]
+                v = alpha * (d - total[i]) if log else alpha * (vexp(d) * total[i])
+                if beta != 0:
+                    v += beta * y3[n, c, m0 + i]
+                y3[n, c, m0 + i] = v
+
+
+@njit(**JIT_PAR)
+def _channel_backward(y3, g3, dx3, log, alpha, beta):
+    n_, c_, m_ = y3.shape
+    nb = (m_ + _MB - 1) // _MB
+    for t in prange(n_ * nb):
+        n = t // nb
+        m0 = (t % nb) * _MB
+        m1 = min(m0 + _MB, m_)
+        total = np.zeros(m1 - m0)
+        for c in range(c_):
+            for i in range(m1 - m0):
+                g = np.float64(g3[n, c, m0 + i])
+                total[i] += g if log else g * y3[n, c, m0 + i]
+        for c in range(c_):
+            for i in range(m1 - m0):
+                yv = y3[n, c, m0 + i]
+                g = g3[n, c, m0 + i]
+                v = alpha * (g - vexp(yv) * total[i]) if log else alpha * (yv * (g - total[i]))
+                if beta != 0:
+                    v += beta * dx3[n, c, m0 + i]
+                dx3[n, c, m0 + i] = v
+
+
+def _view3(mode, a, *, read=True):
+    """(staged, view): instance -> (N, K) rows; channel -> (N, C, M) (rows if M == 1)."""
+    cdt = compute_dtype(a.dtype)
+    rows = mode == "instance" or a.size == a.shape[0] * a.shape[1]
+    shape = (a.shape[0], -1) if rows else (a.shape[0], a.shape[1], -1)
+    if a.dtype == cdt:
+        try:
+            return a, np.reshape(a, shape, copy=False)
+        except ValueError:
+            pass
+    staged = np.ascontiguousarray(a, dtype=cdt) if read else np.empty(a.shape, dtype=cdt)
+    return staged, staged.reshape(shape)
+
+
+@register("cudnn.softmax_forward", "numba")
+def softmax_forward_numba(x, y, *, algorithm, mode, alpha=1.0, beta=0.0):
+    """Same contract as the reference; parallel over softmax groups."""
+    alpha, beta = _check(algorithm, mode, alpha, beta, [("x", x), ("y", y)])
+    if y.size == 0:
+        return
+    _, xv = _view3(mode, x)
+    ys, yv = _view3(mode, y, read=beta != 0)
+    log = algorithm == "log"
+    if xv.ndim == 2:
+        kernel = _rows_forward_serial if x.size < _SERIAL_BELOW else _rows_forward_par
+        kernel(xv, yv, log, alpha, beta)
+    else:
+        _channel_forward(xv, yv, log, alpha, beta)
+    if ys is not y:
+        np.copyto(y, ys, casting="unsafe")
+
+
+@register("cudnn.softmax_backward", "numba")
+def softmax_backward_numba(y, dy, dx, *, algorithm, mode, alpha=1.0, beta=0.0):
+    """Same contract as the reference; parallel over softmax groups."""
+    alpha, beta = _check(algorithm, mode, alpha, beta, [("y", y), ("dy", dy), ("dx", dx)])
+    if dx.size == 0:
+        return
+    _, yv = _view3(mode, y)
+    _, gv = _view3(mode, dy)
+    dxs, dxv = _view3(mode, dx, read=beta != 0)
+    log = algorithm == "log"
+    if yv.ndim == 2:
+        kernel = _rows_backward_serial if y.size < _SERIAL_BELOW else _rows_backward_par
+        kernel(yv, gv, dxv, log, alpha, beta)
+    else:
+        _channel_backward(yv, gv, dxv, log, alpha, beta)
+    if dxs is not dx:
+        np.copyto(dx, dxs, casting="unsafe")

@@ -1,0 +1,571 @@
+"""Tests of the cuDNN convolution kernels (streamq.kernels.conv).
+
+The float64 ``reference`` provider is the oracle for every other provider; the
+reference itself is checked against naive Python loops, hand-computed values,
+the adjoint identity <conv(x), dy> = <x, dgrad(dy)> = <w, wgrad(x, dy)>, and
+finite differences.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import streamq.kernels as kernels
+from streamq.kernels import _conv_fast, _conv_gemm, conv
+
+FWD = "cudnn.convolution_forward"
+BWD_DATA = "cudnn.convolution_backward_data"
+BWD_FILTER = "cudnn.convolution_backward_filter"
+BWD_BIAS = "cudnn.convolution_backward_bias"
+OUT_SHAPE = "cudnn.convolution_output_shape"
+
+CONV_OPS = (FWD, BWD_DATA, BWD_FILTER)
+FAST = ("blas", "numba")
+
+# Tolerances against the float64 reference. float32: products summed over at
+# most a few hundred terms of O(1) values in float32 GEMMs; errors ~1e-6 of the
+# largest |value|, checked with margin. float16: results are rounded once into
+# half precision (eps 9.8e-4) from float32 sums.
+TOL = {np.float64: (1e-10, 1e-10), np.float32: (2e-4, 1e-4), np.float16: (4e-3, 4e-3)}
+
+
+def op_providers(op):
+    return kernels.providers(op)
+
+
+def fast_providers(op):
+    """Every provider but the oracle itself (third-party ones included)."""
+    return [p for p in kernels.providers(op) if p != "reference"]
+
+
+def call(op, provider, *arrays, **kw):
+    kernels.get(op, provider=provider)(*arrays, **kw)
+
+
+def conv_params(case):
+    return {k: case[k] for k in ("pad", "stride", "dilation", "groups", "mode") if k in case}
+
+
+def make(rng, case, dtype):
+    """Random x, w, dy for one geometry case (values in [-1, 1])."""
+    params = conv_params(case)
+    out_shape = conv.convolution_output_shape(
+        case["x"], case["w"], params.get("pad", 0), params.get("stride", 1),
+        params.get("dilation", 1), groups=params.get("groups", 1))
+    x = rng.uniform(-1, 1, case["x"]).astype(dtype)
+    w = rng.uniform(-1, 1, case["w"]).astype(dtype)
+    dy = rng.uniform(-1, 1, out_shape).astype(dtype)
+    return x, w, dy, params
+
+
+def run_op(op, provider, x, w, dy, params, out=None, alpha=1.0, beta=0.0):
+    """Run one conv op, returning its output array (NaN-filled unless given)."""
+    shape = {FWD: dy.shape, BWD_DATA: x.shape, BWD_FILTER: w.shape}[op]
+    if out is None:
+        out = np.full(shape, np.nan, dtype=x.dtype)
+    args = {FWD: (x, w, out), BWD_DATA: (w, dy, out), BWD_FILTER: (x, dy, out)}[op]
+    call(op, provider, *args, alpha=alpha, beta=beta, **params)
+    return out
+
+
+def assert_close(got, want, dtype, scale=None):
+    rtol, atol = TOL[np.dtype(dtype).type]
+    finite = np.isfinite(want)
+    scale = scale if scale is not None else max(1.0, float(np.abs(want[finite]).max(initial=0)))
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
+                               rtol=rtol, atol=atol * scale)
+
+
+# Geometries: (name, case). Chosen to cover every path of the fast providers.
+CASES = [
+    ("3x3_pad1", dict(x=(2, 3, 7, 9), w=(4, 3, 3, 3), pad=1)),
+    ("batch1_odd", dict(x=(1, 5, 11, 6), w=(3, 5, 3, 2), pad=(1, 0))),
+    ("1x1", dict(x=(2, 6, 5, 7), w=(5, 6, 1, 1))),
+    ("1x1_stride2", dict(x=(3, 4, 9, 8), w=(6, 4, 1, 1), stride=2)),
+    ("pad_gt_kernel", dict(x=(2, 2, 5, 5), w=(3, 2, 2, 3), pad=(4, 3))),
+    ("stride_gt_kernel", dict(x=(2, 3, 13, 11), w=(4, 3, 2, 2), stride=(3, 4), pad=1)),
+    ("dilation", dict(x=(2, 3, 10, 9), w=(2, 3, 3, 2), dilation=(2, 3), pad=(2, 1))),
+    ("groups2_conv", dict(x=(2, 4, 8, 7), w=(6, 2, 3, 3), groups=2, pad=1, mode="convolution")),
+    ("depthwise", dict(x=(2, 5, 8, 8), w=(5, 1, 3, 3), groups=5, pad=1, stride=2)),
+    ("depthwise_mult", dict(x=(1, 3, 7, 6), w=(6, 1, 2, 3), groups=3, pad=(0, 2),
+                            dilation=(2, 1), mode="convolution")),
+    ("convolution_mode", dict(x=(2, 3, 6, 7), w=(2, 3, 3, 2), stride=(1, 2), mode="convolution")),
+    ("7x7_stride2", dict(x=(1, 2, 15, 13), w=(3, 2, 7, 7), stride=2, pad=3)),
+]
+
+# Paths of the fast engine, forced by its module constants so that small test
+# shapes exercise what large layers use: the phase-split implicit GEMM, banded
+# im2col (a band of output rows per block), and several images per block.
+PATHS = {
+    "auto": {},
+    "phase_split": dict(SHIFT_MIN_CHANNELS=1, SHIFT_MIN_COLS=1),
+    "im2col_bands": dict(SHIFT_MIN_CHANNELS=10**9, COL_BLOCK_ELEMS=40, POINTWISE_MIN_COLS=1),
+    "im2col_batched": dict(SHIFT_MIN_CHANNELS=10**9, COL_BLOCK_ELEMS=10**6,
+                           POINTWISE_MIN_COLS=10**9),
+}
+
+
+@pytest.fixture(params=list(PATHS))
+def path(request, monkeypatch):
+    for name, value in PATHS[request.param].items():
+        monkeypatch.setattr(_conv_fast, name, value)
+    if request.param == "phase_split":
+        # Wide-grid waste limit must not veto the forced path either.
+        monkeypatch.setattr(_conv_fast, "use_shift", _force_shift)
+    return request.param
+
+
+def _force_shift(g):
+    return not _conv_fast._pointwise(g)
+
+
+# --------------------------------------------------------------------------- #
+# The reference against independent computations
+# --------------------------------------------------------------------------- #
+
+def naive_forward(x, w, pad, stride, dilation, groups, mode):
+    """cuDNN's definition, one multiply-add at a time."""
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    (ph, pw), (sh, sw), (dh, dw) = pad, stride, dilation
+    P = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1
+    Q = (W + 2 * pw - dw * (S - 1) - 1) // sw + 1
+    Kg = K // groups
+    y = np.zeros((N, K, P, Q))
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for p in range(P):
+                for q in range(Q):
+                    acc = 0.0
+                    for c in range(Cg):
+                        for r in range(R):
+                            for s in range(S):
+                                h, v = p * sh - ph + r * dh, q * sw - pw + s * dw
+                                if 0 <= h < H and 0 <= v < W:
+                                    rr, ss = (R - 1 - r, S - 1 - s) if mode == "convolution" else (r, s)
+                                    acc += x[n, g * Cg + c, h, v] * w[k, c, rr, ss]
+                    y[n, k, p, q] = acc
+    return y
+
+
+def naive_backward(x, w, dy, pad, stride, dilation, groups, mode):
+    """(dx, dw) by scattering each output's gradient to the products that made it."""
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    (ph, pw), (sh, sw), (dh, dw_) = pad, stride, dilation
+    Kg = K // groups
+    dx, dw = np.zeros(x.shape), np.zeros(w.shape)
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for p in range(dy.shape[2]):
+                for q in range(dy.shape[3]):
+                    for c in range(Cg):
+                        for r in range(R):
+                            for s in range(S):
+                                h, v = p * sh - ph + r * dh, q * sw - pw + s * dw_
+                                if 0 <= h < H and 0 <= v < W:
+                                    rr, ss = (R - 1 - r, S - 1 - s) if mode == "convolution" else (r, s)
+                                    dx[n, g * Cg + c, h, v] += dy[n, k, p, q] * w[k, c, rr, ss]
+                                    dw[k, c, rr, ss] += dy[n, k, p, q] * x[n, g * Cg + c, h, v]
+    return dx, dw
+
+
+def _pairs(case):
+    norm = lambda v, d: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    return (norm(case.get("pad", 0), 0), norm(case.get("stride", 1), 1),
+            norm(case.get("dilation", 1), 1))
+
+
+@pytest.mark.parametrize("name,case", CASES, ids=[c[0] for c in CASES])
+def test_reference_matches_naive_loops(name, case):
+    rng = np.random.default_rng(1)
+    x, w, dy, params = make(rng, case, np.float64)
+    pad, stride, dilation = _pairs(case)
+    groups, mode = case.get("groups", 1), case.get("mode", "cross_correlation")
+    want_y = naive_forward(x, w, pad, stride, dilation, groups, mode)
+    want_dx, want_dw = naive_backward(x, w, dy, pad, stride, dilation, groups, mode)
+    np.testing.assert_allclose(run_op(FWD, "reference", x, w, dy, params), want_y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(run_op(BWD_DATA, "reference", x, w, dy, params), want_dx,
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(run_op(BWD_FILTER, "reference", x, w, dy, params), want_dw,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_reference_hand_computed_values():
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    w = np.zeros((1, 1, 2, 2))
+    w[0, 0, 0, 0] = 1.0  # picks the top-left pixel of each window
+    y = np.empty((1, 1, 3, 3))
+    call(FWD, "reference", x, w, y)
+    np.testing.assert_array_equal(y[0, 0], x[0, 0, :3, :3])
+    call(FWD, "reference", x, w, y, mode="convolution")  # flipped: bottom-right pixel
+    np.testing.assert_array_equal(y[0, 0], x[0, 0, 1:, 1:])
+    ones = np.ones((1, 1, 3, 3))
+    y = np.empty((1, 1, 3, 3))
+    call(FWD, "reference", np.ones((1, 1, 3, 3)), ones, y, pad=1)  # counts in-image taps
+    np.testing.assert_array_equal(y[0, 0], [[4, 6, 4], [6, 9, 6], [4, 6, 4]])
+    db = np.empty(2)
+    call(BWD_BIAS, "reference", np.arange(16.0).reshape(2, 2, 2, 2), db)
+    np.testing.assert_array_equal(db, [0 + 1 + 2 + 3 + 8 + 9 + 10 + 11, 4 + 5 + 6 + 7 + 12 + 13 + 14 + 15])
+
+
+@pytest.mark.parametrize("name,case", CASES, ids=[c[0] for c in CASES])
+def test_reference_adjoint_identity(name, case):
+    rng = np.random.default_rng(2)
+    x, w, dy, params = make(rng, case, np.float64)
+    y = run_op(FWD, "reference", x, w, dy, params)
+    dx = run_op(BWD_DATA, "reference", x, w, dy, params)
+    dw = run_op(BWD_FILTER, "reference", x, w, dy, params)
+    lhs = np.vdot(y, dy)
+    assert np.vdot(x, dx) == pytest.approx(lhs, rel=1e-12, abs=1e-12)
+    assert np.vdot(w, dw) == pytest.approx(lhs, rel=1e-12, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- #
+# Every provider against the reference
+# --------------------------------------------------------------------------- #
+
+def test_every_op_has_reference_and_a_fast_provider():
+    for op in CONV_OPS:
+        assert {"reference", "blas", "numba"} <= set(op_providers(op))
+    assert {"reference", "numba"} <= set(op_providers(BWD_BIAS))
+    assert {"reference", "blas", "numba"} <= set(op_providers(OUT_SHAPE))
+
+
+@pytest.mark.parametrize("provider", fast_providers(FWD))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,case", CASES, ids=[c[0] for c in CASES])
+def test_provider_matches_reference(provider, dtype, name, case, path):
+    rng = np.random.default_rng(3)
+    x, w, dy, params = make(rng, case, dtype)
+    x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+    for op in CONV_OPS:
+        want = run_op(op, "reference", x64, w64, dy64, params)
+        got = run_op(op, provider, x, w, dy, params)
+        assert got.dtype == dtype
+        assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("provider", op_providers(FWD))
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (2.0, 0.0), (0.5, 1.0), (-1.5, 0.25)])
+def test_alpha_beta_blending(provider, alpha, beta, path):
+    if provider == "reference" and path != "auto":
+        return  # engine paths only concern the fast providers
+    rng = np.random.default_rng(4)
+    for name, case in (CASES[0], CASES[3], CASES[8]):
+        x, w, dy, params = make(rng, case, np.float32)
+        for op in CONV_OPS:
+            value = run_op(op, "reference", *(a.astype(np.float64) for a in (x, w, dy)), params)
+            prior = rng.uniform(-1, 1, value.shape).astype(np.float32)
+            if beta == 0:
+                prior[...] = np.nan  # beta == 0: the output is never read
+            got = run_op(op, provider, x, w, dy, params, out=prior.copy(), alpha=alpha, beta=beta)
+            want = alpha * value + (beta * prior.astype(np.float64) if beta else 0.0)
+            assert np.isfinite(got).all(), (op, name)
+            assert_close(got, want, np.float32)
+
+
+@pytest.mark.parametrize("provider", op_providers(FWD))
+def test_float16(provider, path):
+    if provider == "reference" and path != "auto":
+        return  # engine paths only concern the fast providers
+    rng = np.random.default_rng(5)
+    for name, case in (CASES[0], CASES[2], CASES[8], CASES[7]):
+        x, w, dy, params = make(rng, case, np.float16)
+        for op in CONV_OPS:
+            want = run_op(op, "reference", *(a.astype(np.float64) for a in (x, w, dy)), params)
+            got = run_op(op, provider, x, w, dy, params)
+            assert got.dtype == np.float16
+            assert_close(got, want, np.float16)
+
+
+@pytest.mark.parametrize("provider", op_providers(FWD))
+def test_strided_inputs_and_outputs(provider, path):
+    if provider == "reference" and path != "auto":
+        return  # engine paths only concern the fast providers
+    rng = np.random.default_rng(6)
+    case = dict(x=(2, 4, 9, 10), w=(6, 2, 3, 3), groups=2, pad=1, stride=(2, 1))
+    x, w, dy, params = make(rng, case, np.float32)
+    want = {op: run_op(op, "reference", x, w, dy, params) for op in CONV_OPS}
+    # Non-contiguous views with the same values: every other element of a bigger array.
+    def spread(a):
+        big = np.zeros(tuple(2 * d for d in a.shape), dtype=a.dtype)
+        view = big[::2, ::2, ::2, ::2]
+        view[...] = a
+        return view
+    xs, ws, dys = spread(x), spread(w.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3), spread(dy)
+    assert not (xs.flags.c_contiguous or ws.flags.c_contiguous or dys.flags.c_contiguous)
+    for op in CONV_OPS:
+        parent = np.full(tuple(2 * d for d in want[op].shape), -7.0, dtype=np.float32)
+        out = parent[1::2, ::2, 1::2, ::2]
+        out[...] = np.nan
+        run_op(op, provider, xs, ws, dys, params, out=out)
+        assert_close(out, want[op], np.float32)
+        untouched = np.ones(parent.shape, bool)
+        untouched[1::2, ::2, 1::2, ::2] = False
+        assert (parent[untouched] == -7.0).all(), op
+
+
+@pytest.mark.parametrize("provider", fast_providers(FWD))
+def test_nan_and_inf_in_x_propagate_like_the_reference(provider, path):
+    rng = np.random.default_rng(7)
+    for name, case in (CASES[0], CASES[3], CASES[8], CASES[6]):
+        x, w, dy, params = make(rng, case, np.float32)
+        x[0, 0, 1, 1] = np.nan
+        x[-1, -1, -1, 0] = np.inf
+        x[0, -1, 0, -1] = -np.inf
+        for op in (FWD, BWD_FILTER):
+            want = run_op(op, "reference", *(a.astype(np.float64) for a in (x, w, dy)), params)
+            got = run_op(op, provider, x, w, dy, params)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{op} {name}")
+            assert_close(got, want, np.float32)
+
+
+@pytest.mark.parametrize("provider", op_providers(BWD_BIAS))
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_backward_bias(provider, dtype):
+    rng = np.random.default_rng(8)
+    dy = rng.uniform(-1, 1, (3, 5, 7, 6)).astype(dtype)
+    want = dy.astype(np.float64).sum(axis=(0, 2, 3))
+    for shape in ((5,), (1, 5, 1, 1)):
+        db = np.full(shape, np.nan, dtype=dtype)
+        call(BWD_BIAS, provider, dy, db)
+        assert_close(db.reshape(-1), want, dtype)
+        prior = rng.uniform(-1, 1, shape).astype(dtype)
+        db = prior.copy()
+        call(BWD_BIAS, provider, dy[:, :, ::2], db, alpha=0.5, beta=-2.0)  # strided dy
+        want2 = 0.5 * dy[:, :, ::2].astype(np.float64).sum(axis=(0, 2, 3)) - 2.0 * prior.reshape(-1)
+        assert_close(db.reshape(-1), want2, dtype)
+
+
+# --------------------------------------------------------------------------- #
+# Gradients by finite differences (float64, small shapes)
+# --------------------------------------------------------------------------- #
+
+FD_CASES = [CASES[1], CASES[3], CASES[6], CASES[7], CASES[9]]
+
+
+@pytest.mark.parametrize("provider", op_providers(FWD))
+@pytest.mark.parametrize("name,case", FD_CASES, ids=[c[0] for c in FD_CASES])
+def test_backward_data_and_filter_by_finite_differences(provider, name, case):
+    rng = np.random.default_rng(9)
+    x, w, dy, params = make(rng, case, np.float64)
+
+    def loss(x_, w_):  # L = <conv(x, w), dy>
+        return np.vdot(run_op(FWD, "reference", x_, w_, dy, params), dy)
+
+    dx = run_op(BWD_DATA, provider, x, w, dy, params)
+    dw = run_op(BWD_FILTER, provider, x, w, dy, params)
+    eps = 1e-6
+    for arr, grad, which in ((x, dx, "x"), (w, dw, "w")):
+        for idx in map(tuple, rng.integers(0, arr.shape, size=(12, 4))):
+            plus, minus = arr.copy(), arr.copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            args_p = (plus, w) if which == "x" else (x, plus)
+            args_m = (minus, w) if which == "x" else (x, minus)
+            numeric = (loss(*args_p) - loss(*args_m)) / (2 * eps)
+            assert grad[idx] == pytest.approx(numeric, rel=1e-6, abs=1e-7), (which, idx)
+
+
+@pytest.mark.parametrize("provider", op_providers(BWD_BIAS))
+def test_backward_bias_by_finite_differences(provider):
+    rng = np.random.default_rng(10)
+    y0 = rng.uniform(-1, 1, (2, 3, 4, 5))
+    dy = rng.uniform(-1, 1, y0.shape)
+    b = rng.uniform(-1, 1, 3)
+
+    def loss(b_):  # L = <y0 + b (broadcast over N, P, Q), dy>
+        return np.vdot(y0 + b_.reshape(1, 3, 1, 1), dy)
+
+    db = np.empty(3)
+    call(BWD_BIAS, provider, dy, db)
+    eps = 1e-6
+    for k in range(3):
+        e = np.zeros(3)
+        e[k] = eps
+        assert db[k] == pytest.approx((loss(b + e) - loss(b - e)) / (2 * eps), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# Validation: bad input raises naming the parameter
+# --------------------------------------------------------------------------- #
+
+def _arrays(dtype=np.float32):
+    x = np.zeros((2, 4, 6, 6), dtype)
+    w = np.zeros((3, 4, 3, 3), dtype)
+    y = np.zeros((2, 3, 4, 4), dtype)
+    return x, w, y
+
+
+BAD = [
+    ("stride", dict(stride=0), ValueError, "stride must be positive"),
+    ("stride", dict(stride=(1, -2)), ValueError, "stride must be positive"),
+    ("stride", dict(stride="2"), TypeError, "stride must be an int or a pair"),
+    ("pad", dict(pad=-1), ValueError, "pad must be non-negative"),
+    ("pad", dict(pad=(1, 2, 3)), TypeError, "pad must be an int or a pair"),
+    ("dilation", dict(dilation=(0, 1)), ValueError, "dilation must be positive"),
+    ("groups", dict(groups=0), ValueError, "groups must be positive"),
+    ("groups", dict(groups=1.5), TypeError, "groups must be an int"),
+    ("groups", dict(groups=3), ValueError, "groups=3 does not divide the channel count"),
+    ("mode", dict(mode="correlation"), ValueError, "mode must be"),
+    ("alpha", dict(alpha="1"), TypeError, "alpha must be a real number"),
+    ("beta", dict(beta=None), TypeError, "beta must be a real number"),
+]
+
+
+@pytest.mark.parametrize("provider", op_providers(FWD))
+@pytest.mark.parametrize("param,kw,exc,match", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_parameters_name_the_parameter(provider, param, kw, exc, match):
+    x, w, y = _arrays()
+    for op, args in ((FWD, (x, w, y)), (BWD_DATA, (w, y, x)), (BWD_FILTER, (x, y, w))):
+        with pytest.raises(exc, match=match):
+            call(op, provider, *args, **kw)
+
+
+@pytest.mark.parametrize("provider", op_providers(FWD))
+def test_bad_arrays_name_the_array(provider):
+    x, w, y = _arrays()
+    cases = [
+        (FWD, (x, w, np.zeros((2, 3, 5, 4), np.float32)), {}, ValueError, r"y must have shape \(2, 3, 4, 4\)"),
+        (FWD, (x, w, y), dict(pad=1), ValueError, r"y must have shape \(2, 3, 6, 6\)"),
+        (FWD, (x, w.astype(np.float64), y), {}, TypeError, "w must have the same dtype as x"),
+        (FWD, (x.astype(np.int32), w, y), {}, TypeError, "x must be float16, float32 or float64"),
+        (FWD, (x[0], w, y), {}, ValueError, "x must have 4 dimensions"),
+        (FWD, (x.tolist(), w, y), {}, TypeError, "x must be a numpy array"),
+        (FWD, (x, np.zeros((3, 2, 3, 3), np.float32), y), {}, ValueError, "w must have C/groups = 4"),
+        (FWD, (x, np.zeros((3, 2, 3, 3), np.float32), y), dict(groups=2), ValueError,
+         "groups=2 does not divide the filter count of w"),
+        (FWD, (x, np.zeros((3, 4, 9, 3), np.float32), y), {}, ValueError, "w's dilated filter"),
+        (FWD, (x, w, y), dict(dilation=4), ValueError, "w's dilated filter"),
+        (FWD, (x, w, x[:, :3, :4, :4]), {}, ValueError, "y must not overlap x"),
+        (FWD, (np.zeros((0, 4, 6, 6), np.float32), w, y), {}, ValueError, "x must have positive dimensions"),
+        (BWD_DATA, (w, np.zeros((2, 3, 4, 5), np.float32), x), {}, ValueError, r"dy must have shape"),
+        (BWD_DATA, (w, y, np.zeros((2, 6, 6, 6), np.float32)), {}, ValueError, "w must have C/groups = 6"),
+        (BWD_DATA, (w, y, x.astype(np.float16)), {}, TypeError, "dx must have the same dtype as w"),
+        (BWD_FILTER, (x, y, np.zeros((3, 4, 2, 3), np.float32)), {}, ValueError, "dy must have shape"),
+        (BWD_FILTER, (x, y[:, :2], w), {}, ValueError, "dy must have shape"),
+    ]
+    readonly = y.copy()
+    readonly.flags.writeable = False
+    cases.append((FWD, (x, w, readonly), {}, ValueError, "y is read-only"))
+    for op, args, kw, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            call(op, provider, *args, **kw)
+
+
+@pytest.mark.parametrize("provider", op_providers(BWD_BIAS))
+def test_backward_bias_bad_input(provider):
+    dy = np.zeros((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"db must have shape \(1, 3, 1, 1\) or \(3,\)"):
+        call(BWD_BIAS, provider, dy, np.zeros((1, 3), np.float32))
+    with pytest.raises(TypeError, match="db must have the same dtype as dy"):
+        call(BWD_BIAS, provider, dy, np.zeros(3))
+    with pytest.raises(ValueError, match="dy must have 4 dimensions"):
+        call(BWD_BIAS, provider, dy[0], np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="alpha must be a real number"):
+        call(BWD_BIAS, provider, dy, np.zeros(3, np.float32), alpha=[1])
+
+
+def test_bad_input_leaves_output_untouched():
+    x, w, y = _arrays()
+    y[...] = 5.0
+    for provider in op_providers(FWD):
+        with pytest.raises(ValueError):
+            call(FWD, provider, x, w, y, stride=0)
+        assert (y == 5.0).all()
+
+
+# --------------------------------------------------------------------------- #
+# The output-shape helper
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("provider", op_providers(OUT_SHAPE))
+def test_output_shape(provider):
+    shape = kernels.get(OUT_SHAPE, provider=provider)
+    assert shape((1, 3, 224, 224), (64, 3, 7, 7), 3, 2, 1) == (1, 64, 112, 112)  # ResNet conv1
+    assert shape((8, 64, 56, 56), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1)) == (8, 64, 56, 56)
+    assert shape((2, 4, 10, 9), (6, 2, 3, 2), (1, 0), (2, 3), (2, 1), groups=2) == (2, 6, 4, 3)
+    # cuDNN's formula: (H + 2p - d(R-1) - 1)//s + 1, by hand: (10+2-4-1)//2+1 = 4, (9-1-1)//3+1 = 3
+    with pytest.raises(ValueError, match="stride must be positive"):
+        shape((1, 1, 4, 4), (1, 1, 3, 3), 0, 0, 1)
+    with pytest.raises(ValueError, match="w_shape must have C/groups"):
+        shape((1, 4, 4, 4), (1, 3, 3, 3))
+    with pytest.raises(ValueError, match="x_shape must have 4 dimensions"):
+        shape((4, 4, 4), (1, 3, 3, 3))
+
+
+# --------------------------------------------------------------------------- #
+# Engine details: GEMM fallback, workspaces, threads
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("route", ["default", "numpy_fallback"])
+def test_gemm_contract(dtype, route, monkeypatch):
+    """gemm: c = alpha*op(a)@op(b) + beta*c on strided views, beta == 0 never reads c."""
+    if route == "numpy_fallback":
+        monkeypatch.setattr(_conv_gemm, "_funcs", {})
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((9, 5)).astype(dtype)          # used transposed: (5, 9)
+    b = rng.standard_normal((9, 14)).astype(dtype)[:, ::2]  # strided columns (9, 7)
+    b = np.ascontiguousarray(b)[:, :7]
+    parent = np.full((5, 10), np.nan, dtype)
+    c = parent[:, 2:9]                                       # row pitch 10 > 7
+    _conv_gemm.gemm(a, b, c, 2.0, 0.0, trans_a=True)
+    want = 2.0 * (a.T.astype(np.float64) @ b)
+    rtol = TOL[np.dtype(dtype).type][0]
+    np.testing.assert_allclose(c, want, rtol=rtol, atol=rtol)
+    assert np.isnan(parent[:, :2]).all() and np.isnan(parent[:, 9:]).all()
+    acc = rng.standard_normal((7, 7)).astype(dtype)
+    prior = acc.copy()
+    bt = np.asfortranarray(b)                                # column-major operand
+    _conv_gemm.gemm(bt, b, acc, -1.0, 0.5, trans_a=True)
+    np.testing.assert_allclose(acc, 0.5 * prior - b.T.astype(np.float64) @ b, rtol=rtol, atol=10 * rtol)
+    with pytest.raises(ValueError, match="gemm shapes do not agree"):
+        _conv_gemm.gemm(a, b, c)
+
+
+def test_workspaces_are_reused_in_steady_state():
+    rng = np.random.default_rng(12)
+    case = dict(x=(2, 16, 24, 24), w=(16, 16, 3, 3), pad=1)
+    x, w, dy, params = make(rng, case, np.float32)
+    for provider in FAST:
+        for op in CONV_OPS:
+            run_op(op, provider, x, w, dy, params)
+    before = {k: id(v) for k, v in _conv_fast._tls.buffers.items()}
+    for provider in FAST:
+        for op in CONV_OPS:
+            run_op(op, provider, x, w, dy, params)
+    after = {k: id(v) for k, v in _conv_fast._tls.buffers.items()}
+    assert before == after
+
+
+@pytest.mark.parametrize("provider", FAST)
+def test_concurrent_calls_from_threads(provider):
+    rng = np.random.default_rng(13)
+    jobs = []
+    for name, case in (CASES[0], CASES[7], CASES[11], ("big", dict(x=(2, 16, 24, 24), w=(16, 16, 3, 3), pad=1))):
+        x, w, dy, params = make(rng, case, np.float32)
+        jobs.append((x, w, dy, params, {op: run_op(op, "reference", x, w, dy, params) for op in CONV_OPS}))
+    errors = []
+
+    def work(seed):
+        try:
+            for i in range(3):
+                x, w, dy, params, want = jobs[(seed + i) % len(jobs)]
+                for op in CONV_OPS:
+                    assert_close(run_op(op, provider, x, w, dy, params), want[op], np.float32)
+        except Exception as exc:  # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
