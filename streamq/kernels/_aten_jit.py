@@ -298,59 +298,60 @@ def _max_span(x, lo, hi):
 
 
 @njit(**_PAR)
-def sum_rows(x, A, K, nsplit, part):
-    """part[a * nsplit + c] = float64 sum of piece c of row a."""
+def sum_akb(x, A, K, B, nsplit, bchunk, res):
+    """float64 sums over k of x viewed as (A, K, B).
+
+    B == 1: res[a * nsplit + c] = sum of piece c of row a (rows are split in
+    ``nsplit`` pieces so that a full reduction still uses every thread).
+    B > 1: res[a * B + b], computed ``bchunk`` columns per task.
+    """
+    nb = 1 if B == 1 else (B + bchunk - 1) // bchunk
+    ntasks = A * nsplit if B == 1 else A * nb
     piece = (K + nsplit - 1) // nsplit
-    for t in prange(A * nsplit):
-        a = t // nsplit
-        c = t - a * nsplit
-        lo = min(c * piece, K)
-        hi = min(lo + piece, K)
-        part[t] = _sum_span(x, a * K + lo, a * K + hi)
-
-
-@njit(**_PAR)
-def sum_mid(x, A, K, B, bchunk, res):
-    """res[a * B + b] = float64 sum over k of x[a, k, b] (B > 1)."""
-    nb = (B + bchunk - 1) // bchunk
-    for t in prange(A * nb):
-        a = t // nb
-        b0 = (t - a * nb) * bchunk
-        b1 = min(b0 + bchunk, B)
-        acc = np.zeros(b1 - b0, np.float64)
-        for k in range(K):
-            row = (a * K + k) * B
+    for t in prange(ntasks):
+        if B == 1:
+            a = t // nsplit
+            lo = min((t - a * nsplit) * piece, K)
+            hi = min(lo + piece, K)
+            res[t] = _sum_span(x, a * K + lo, a * K + hi)
+        else:
+            a = t // nb
+            b0 = (t - a * nb) * bchunk
+            b1 = min(b0 + bchunk, B)
+            acc = np.zeros(b1 - b0, np.float64)
+            for k in range(K):
+                row = (a * K + k) * B
+                for b in range(b0, b1):
+                    acc[b - b0] += x[row + b]
             for b in range(b0, b1):
-                acc[b - b0] += x[row + b]
-        for b in range(b0, b1):
-            res[a * B + b] = acc[b - b0]
+                res[a * B + b] = acc[b - b0]
 
 
 @njit(**_PAR)
-def max_rows(x, A, K, nsplit, part):
-    """part[a * nsplit + c] = max of piece c of row a (pieces are never empty)."""
+def max_akb(x, A, K, B, nsplit, res):
+    """NaN-propagating max over k of x viewed as (A, K, B); K > 0.
+
+    B == 1: res[a * nsplit + c] = max of piece c of row a (pieces never empty).
+    B > 1: res[a * B + b].
+    """
+    ntasks = A * nsplit if B == 1 else A
     piece = (K + nsplit - 1) // nsplit
-    for t in prange(A * nsplit):
-        a = t // nsplit
-        c = t - a * nsplit
-        lo = min(c * piece, K - 1)
-        hi = min(lo + piece, K)
-        part[t] = _max_span(x, a * K + lo, a * K + hi)
-
-
-@njit(**_PAR)
-def max_mid(x, A, K, B, res):
-    """res[a * B + b] = max over k of x[a, k, b], NaN-propagating."""
-    for a in prange(A):
-        base = a * K * B
-        for b in range(B):
-            res[a * B + b] = x[base + b]
-        for k in range(1, K):
-            row = base + k * B
+    for t in prange(ntasks):
+        if B == 1:
+            a = t // nsplit
+            lo = min((t - a * nsplit) * piece, K - 1)
+            hi = min(lo + piece, K)
+            res[t] = _max_span(x, a * K + lo, a * K + hi)
+        else:
+            base = t * K * B
             for b in range(B):
-                v = x[row + b]
-                m = res[a * B + b]
-                res[a * B + b] = v if (v > m or v != v) else m
+                res[t * B + b] = x[base + b]
+            for k in range(1, K):
+                row = base + k * B
+                for b in range(B):
+                    v = x[row + b]
+                    m = res[t * B + b]
+                    res[t * B + b] = v if (v > m or v != v) else m
 
 
 @njit(**_JIT)
@@ -363,168 +364,144 @@ def _beats(v, i, bv, bi):
     return v > bv or (v == bv and i < bi)
 
 
-@njit(**_PAR)
-def argmax_rows(x, A, K, out):
-    """out[a] = first index of the max of row a (NaN counts as max)."""
-    for a in prange(A):
-        lo = a * K
-        best = x[lo]
-        bi = 0
-        if K >= 2 * LANES:
-            vals = x[lo:lo + LANES].copy()
-            idx = np.arange(LANES)
-            stop = K // LANES * LANES
-            for i in range(LANES, stop, LANES):
-                for j in range(LANES):
-                    v = x[lo + i + j]
-                    bv = vals[j]
-                    better = v > bv or (v != v and bv == bv)
-                    vals[j] = v if better else bv
-                    idx[j] = i + j if better else idx[j]
+@njit(**_JIT)
+def _argmax_span(x, lo, K):
+    """First index (0-based from lo) of the max of x[lo:lo+K], NaN counting as max; K > 0."""
+    best = x[lo]
+    bi = 0
+    start = 1
+    if K >= 2 * LANES:
+        vals = x[lo:lo + LANES].copy()
+        idx = np.arange(LANES)
+        stop = K // LANES * LANES
+        for i in range(LANES, stop, LANES):
             for j in range(LANES):
-                if _beats(vals[j], idx[j], best, bi):
-                    best = vals[j]
-                    bi = idx[j]
-            start = stop
-        else:
-            start = 1
-        for i in range(start, K):
-            v = x[lo + i]
-            if v > best or (v != v and best == best):
-                best = v
-                bi = i
-        out[a] = bi
+                v = x[lo + i + j]
+                bv = vals[j]
+                better = v > bv or (v != v and bv == bv)
+                vals[j] = v if better else bv
+                idx[j] = i + j if better else idx[j]
+        for j in range(LANES):
+            if _beats(vals[j], idx[j], best, bi):
+                best = vals[j]
+                bi = idx[j]
+        start = stop
+    for i in range(start, K):
+        v = x[lo + i]
+        if v > best or (v != v and best == best):
+            best = v
+            bi = i
+    return bi
 
 
 @njit(**_PAR)
-def argmax_mid(x, A, K, B, out):
-    """out[a * B + b] = first k of the max of x[a, :, b] (NaN counts as max)."""
+def argmax_akb(x, A, K, B, out):
+    """out[a * B + b] = first k of the max of x[a, :, b] (NaN counts as max); K > 0."""
     for a in prange(A):
-        base = a * K * B
-        best = x[base:base + B].copy()
-        for b in range(B):
-            out[a * B + b] = 0
-        for k in range(1, K):
-            row = base + k * B
+        if B == 1:
+            out[a] = _argmax_span(x, a * K, K)
+        else:
+            base = a * K * B
+            best = x[base:base + B].copy()
             for b in range(B):
-                v = x[row + b]
-                bv = best[b]
-                if v > bv or (v != v and bv == bv):
-                    best[b] = v
-                    out[a * B + b] = k
+                out[a * B + b] = 0
+            for k in range(1, K):
+                row = base + k * B
+                for b in range(B):
+                    v = x[row + b]
+                    bv = best[b]
+                    if v > bv or (v != v and bv == bv):
+                        best[b] = v
+                        out[a * B + b] = k
 
 
 # ------------------------------------------------------------------ softmax --
 # x, out: (A, K, B) flattened, same float dtype, not aliased (the caller copies).
 
 @njit(**_PAR)
-def softmax_rows(x, A, K, log, out):
-    """Softmax (or log-softmax) of each length-K row; out serves as scratch."""
-    for a in prange(A):
-        lo = a * K
-        hi = lo + K
-        m = _max_span(x, lo, hi)
-        for i in range(lo, hi):
-            out[i] = vexp(x[i] - m)
-        s = _sum_span(out, lo, hi)
-        if log:
-            shift = m + out.dtype.type(math.log(s))
-            for i in range(lo, hi):
-                out[i] = x[i] - shift
-        else:
-            inv = out.dtype.type(1.0 / s)
-            for i in range(lo, hi):
-                out[i] = out[i] * inv
+def softmax(x, A, K, B, bchunk, log, out):
+    """Softmax (or log-softmax) over k of x viewed as (A, K, B); out serves as scratch.
 
-
-@njit(**_PAR)
-def softmax_mid(x, A, K, B, bchunk, log, out):
-    """Softmax over k of x[a, k, b] for B > 1, vectorised along b."""
-    nb = (B + bchunk - 1) // bchunk
+    B == 1: one task per row, lane-vectorised max and sum. B > 1: tasks of
+    ``bchunk`` columns, vectorised along b.
+    """
+    nb = 1 if B == 1 else (B + bchunk - 1) // bchunk
     for t in prange(A * nb):
+        if B == 1:
+            lo = t * K
+            hi = lo + K
+            m = _max_span(x, lo, hi)
+            for i in range(lo, hi):
+                out[i] = vexp(x[i] - m)
+            s = _sum_span(out, lo, hi)
+            if log:
+                shift = m + out.dtype.type(math.log(s))
+                for i in range(lo, hi):
+                    out[i] = x[i] - shift
+            else:
+                inv = out.dtype.type(1.0 / s)
+                for i in range(lo, hi):
+                    out[i] = out[i] * inv
+            continue
         a = t // nb
         b0 = (t - a * nb) * bchunk
         n = min(b0 + bchunk, B) - b0
         base = a * K * B + b0
-        m = x[base:base + n].copy()
+        mx = x[base:base + n].copy()
         for k in range(1, K):
             row = base + k * B
             for j in range(n):
                 v = x[row + j]
-                mj = m[j]
-                m[j] = v if (v > mj or v != v) else mj
-        s = np.zeros(n, np.float64)
+                mj = mx[j]
+                mx[j] = v if (v > mj or v != v) else mj
+        sm = np.zeros(n, np.float64)
         for k in range(K):
             row = base + k * B
             for j in range(n):
-                e = vexp(x[row + j] - m[j])
+                e = vexp(x[row + j] - mx[j])
                 out[row + j] = e
-                s[j] += e
-        if log:
-            shift = np.empty(n, out.dtype)
+                sm[j] += e
+        fix = np.empty(n, out.dtype)
+        for j in range(n):
+            fix[j] = mx[j] + math.log(sm[j]) if log else 1.0 / sm[j]
+        for k in range(K):
+            row = base + k * B
             for j in range(n):
-                shift[j] = m[j] + math.log(s[j])
-            for k in range(K):
-                row = base + k * B
-                for j in range(n):
-                    out[row + j] = x[row + j] - shift[j]
-        else:
-            inv = np.empty(n, out.dtype)
-            for j in range(n):
-                inv[j] = 1.0 / s[j]
-            for k in range(K):
-                row = base + k * B
-                for j in range(n):
-                    out[row + j] = out[row + j] * inv[j]
+                out[row + j] = x[row + j] - fix[j] if log else out[row + j] * fix[j]
 
 
 @njit(**_PAR)
 def softmax_backward(g, y, A, K, B, log, out):
     """grad_input of softmax (y*(g - sum(g*y))) or log-softmax (g - exp(y)*sum(g)) over k."""
-    for t in prange(A * B):
-        a = t // B
-        b = t - a * B
-        base = a * K * B + b
-        s = 0.0
-        if log:
-            for k in range(K):
-                s += g[base + k * B]
-            for k in range(K):
-                i = base + k * B
-                out[i] = g[i] - vexp(y[i]) * s
-        else:
-            for k in range(K):
-                i = base + k * B
-                s += g[i] * np.float64(y[i])
-            for k in range(K):
-                i = base + k * B
-                out[i] = y[i] * (g[i] - s)
-
-
-@njit(**_PAR)
-def softmax_backward_rows(g, y, A, K, log, out):
-    """softmax_backward for B == 1, with lane-vectorised row sums."""
-    for a in prange(A):
-        lo = a * K
-        hi = lo + K
-        if log:
-            s = _sum_span(g, lo, hi)
-            sd = out.dtype.type(s)
-            for i in range(lo, hi):
-                out[i] = g[i] - vexp(y[i]) * sd
-        else:
-            acc = np.zeros(LANES, np.float64)
-            stop = lo + K // LANES * LANES
-            for i in range(lo, stop, LANES):
+    for t in prange(A if B == 1 else A * B):
+        if B == 1:
+            lo = t * K
+            hi = lo + K
+            if log:
+                s = _sum_span(g, lo, hi)
+            else:
+                acc = np.zeros(LANES, np.float64)
+                stop = lo + K // LANES * LANES
+                for i in range(lo, stop, LANES):
+                    for j in range(LANES):
+                        acc[j] += g[i + j] * np.float64(y[i + j])
+                s = 0.0
                 for j in range(LANES):
-                    acc[j] += g[i + j] * np.float64(y[i + j])
+                    s += acc[j]
+                for i in range(stop, hi):
+                    s += g[i] * np.float64(y[i])
+            step = 1
+        else:
+            a = t // B
+            lo = a * K * B + (t - a * B)
+            hi = lo + K * B
+            step = B
             s = 0.0
-            for j in range(LANES):
-                s += acc[j]
-            for i in range(stop, hi):
-                s += g[i] * np.float64(y[i])
-            for i in range(lo, hi):
-                out[i] = y[i] * (g[i] - s)
+            for i in range(lo, hi, step):
+                s += g[i] if log else g[i] * np.float64(y[i])
+        sd = out.dtype.type(s)
+        for i in range(lo, hi, step):
+            out[i] = g[i] - vexp(y[i]) * sd if log else y[i] * (g[i] - sd)
 
 
 # ----------------------------------------------------------------- nll loss --

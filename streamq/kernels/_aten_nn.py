@@ -90,10 +90,7 @@ def _softmax_numba(self, dim, half_to_float, out, log):
         x = x.copy()
     A, K, B = _akb(self.shape, d)
     res = _scratch_for(out, x.dtype)
-    if B == 1:
-        jit.softmax_rows(x.reshape(-1), A, K, log, res.reshape(-1))
-    else:
-        jit.softmax_mid(x.reshape(-1), A, K, B, _BCHUNK, log, res.reshape(-1))
+    jit.softmax(x.reshape(-1), A, K, B, _BCHUNK, log, res.reshape(-1))
     return _finish(out, res)
 
 
@@ -158,10 +155,7 @@ def _softmax_backward_numba(grad_output, output, dim, input_dtype, out, log):
         y = y.copy()
     A, K, B = _akb(grad_output.shape, d)
     res = _scratch_for(out, g.dtype)
-    if B == 1:
-        jit.softmax_backward_rows(g.reshape(-1), y.reshape(-1), A, K, log, res.reshape(-1))
-    else:
-        jit.softmax_backward(g.reshape(-1), y.reshape(-1), A, K, B, log, res.reshape(-1))
+    jit.softmax_backward(g.reshape(-1), y.reshape(-1), A, K, B, log, res.reshape(-1))
     return _finish(out, res)
 
 

@@ -86,14 +86,11 @@ def sum_float64(x: np.ndarray, dims: tuple, shape: tuple) -> np.ndarray:
         return np.sum(x, axis=dims, dtype=FLOAT64, keepdims=True).reshape(shape)
     A, K, B = split
     flat = as_c_float(x).reshape(-1)
-    if B == 1:
-        nsplit = _THREADS_SPLIT if (A < 2 * _THREADS_SPLIT and K >= _SPLIT_MIN) else 1
-        part = np.empty(A * nsplit, FLOAT64)
-        jit.sum_rows(flat, A, K, nsplit, part)
-        res = part.reshape(A, nsplit).sum(axis=1) if nsplit > 1 else part
-    else:
-        res = np.empty(A * B, FLOAT64)
-        jit.sum_mid(flat, A, K, B, _BCHUNK, res)
+    nsplit = _THREADS_SPLIT if (B == 1 and A < 2 * _THREADS_SPLIT and K >= _SPLIT_MIN) else 1
+    res = np.empty(A * B * nsplit, FLOAT64)
+    jit.sum_akb(flat, A, K, B, nsplit, _BCHUNK, res)
+    if nsplit > 1:
+        res = res.reshape(A, nsplit).sum(axis=1)
     return res.reshape(shape)
 
 
@@ -171,14 +168,11 @@ def amax_numba(self, dim=(), keepdim=False, *, out):
         return out
     A, K, B = split
     flat = as_c_float(self).reshape(-1)
-    if B == 1:
-        nsplit = _THREADS_SPLIT if (A < 2 * _THREADS_SPLIT and K >= _SPLIT_MIN) else 1
-        part = np.empty(A * nsplit, flat.dtype)
-        jit.max_rows(flat, A, K, nsplit, part)
-        res = np.max(part.reshape(A, nsplit), axis=1) if nsplit > 1 else part
-    else:
-        res = np.empty(A * B, flat.dtype)
-        jit.max_mid(flat, A, K, B, res)
+    nsplit = _THREADS_SPLIT if (B == 1 and A < 2 * _THREADS_SPLIT and K >= _SPLIT_MIN) else 1
+    res = np.empty(A * B * nsplit, flat.dtype)
+    jit.max_akb(flat, A, K, B, nsplit, res)
+    if nsplit > 1:
+        res = np.max(res.reshape(A, nsplit), axis=1)   # NaN-propagating, like the kernel
     np.copyto(out, res.reshape(shape), casting="unsafe")
     return out
 
@@ -254,10 +248,7 @@ def argmax_numba(self, dim=None, keepdim=False, *, out):
         B = int(np.prod(self.shape[d[0] + 1:], dtype=np.int64))
     flat = x.reshape(-1)
     res = np.empty(A * B, INT64)
-    if B == 1:
-        jit.argmax_rows(flat, A, K, res)
-    else:
-        jit.argmax_mid(flat, A, K, B, res)
+    jit.argmax_akb(flat, A, K, B, res)
     np.copyto(out, res.reshape(shape))
     return out
 

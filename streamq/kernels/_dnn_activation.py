@@ -115,224 +115,230 @@ def activation_backward_reference(y, dy, x, dx, *, mode, coef=0.0, alpha=1.0, be
 # numba
 # --------------------------------------------------------------------------
 
-# One scalar function per mode (numba-inlined into its kernel), then one
-# parallel kernel per mode: a single kernel switching on the mode inside the
-# loop does not vectorise. Backward scalars take (y, dy, x, coef).
+# One scalar function per mode and one serial chunk loop per mode (each
+# vectorises on its own; a mode switch inside the element loop would not),
+# driven by one parallel kernel per direction that dispatches per chunk --
+# this keeps the number of (slow to compile) parfor kernels at two.
 # ``if beta != 0`` is loop-invariant: LLVM unswitches it, and the beta == 0
 # version never reads the output (so NaN there cannot leak).
+# Backward scalars take (y, dy, x, coef).
 
-@njit(inline="always", **JIT)
-def _sigmoid(v):
-    one = K(1.0, v)
-    return one / (one + vexp(-v))
+# One serial chunk loop per mode (each vectorises on its own; a mode switch
+# inside the element loop would not), driven by one parallel kernel per
+# direction that dispatches per chunk -- two parfor kernels in all, which
+# keeps first-call JIT time down. ``if beta != 0`` is loop-invariant: LLVM
+# unswitches it, and the beta == 0 version never reads the output.
 
-
-@njit(inline="always", **JIT)
-def _f_relu(v, c):
-    return v if not (v <= K(0.0, v)) else K(0.0, v)   # "not <=": NaN propagates
-
-
-@njit(inline="always", **JIT)
-def _f_sigmoid(v, c):
-    return _sigmoid(v)
-
-
-@njit(inline="always", **JIT)
-def _f_tanh(v, c):
-    return vtanh(v)
-
-
-@njit(inline="always", **JIT)
-def _f_clipped_relu(v, c):
-    return K(0.0, v) if v <= K(0.0, v) else (c if v >= c else v)
-
-
-@njit(inline="always", **JIT)
-def _f_elu(v, c):
-    return v if v > K(0.0, v) else c * vexpm1(v)
-
-
-@njit(inline="always", **JIT)
-def _f_swish(v, c):
-    return v * _sigmoid(c * v)
-
-
-@njit(inline="always", **JIT)
-def _f_identity(v, c):
-    return v
-
-
-@njit(inline="always", **JIT)
-def _g_relu(yv, g, xv, c):
-    return g if xv > K(0.0, g) else K(0.0, g)
-
-
-@njit(inline="always", **JIT)
-def _g_sigmoid(yv, g, xv, c):
-    return g * yv * (K(1.0, g) - yv)
-
-
-@njit(inline="always", **JIT)
-def _g_tanh(yv, g, xv, c):
-    return g * (K(1.0, g) - yv * yv)
-
-
-@njit(inline="always", **JIT)
-def _g_clipped_relu(yv, g, xv, c):
-    return g if (xv > K(0.0, g) and xv < c) else K(0.0, g)
-
-
-@njit(inline="always", **JIT)
-def _g_elu(yv, g, xv, c):
-    return g if xv > K(0.0, g) else g * c * vexp(xv)
-
-
-@njit(inline="always", **JIT)
-def _g_swish(yv, g, xv, c):
-    s = _sigmoid(c * xv)
-    return g * (s + c * xv * s * (K(1.0, g) - s))
-
-
-@njit(inline="always", **JIT)
-def _g_identity(yv, g, xv, c):
-    return g
-
-
-@njit(**JIT_PAR)
-def _fwd_relu(x, y, coef, alpha, beta):
-    for i in prange(y.size):
-        v = alpha * _f_relu(x[i], coef)
+@njit(**JIT)
+def _fwd_relu(x, y, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, y), K(0.0, y)
+    for i in range(lo, hi):
+        xv = x[i]
+        v = alpha * (xv if not (xv <= zero) else zero)
         if beta != 0:
             v += beta * y[i]
         y[i] = v
 
 
-@njit(**JIT_PAR)
-def _fwd_sigmoid(x, y, coef, alpha, beta):
-    for i in prange(y.size):
-        v = alpha * _f_sigmoid(x[i], coef)
+@njit(**JIT)
+def _fwd_sigmoid(x, y, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, y), K(0.0, y)
+    for i in range(lo, hi):
+        xv = x[i]
+        v = alpha * (one / (one + vexp(-xv)))
         if beta != 0:
             v += beta * y[i]
         y[i] = v
 
 
-@njit(**JIT_PAR)
-def _fwd_tanh(x, y, coef, alpha, beta):
-    for i in prange(y.size):
-        v = alpha * _f_tanh(x[i], coef)
+@njit(**JIT)
+def _fwd_tanh(x, y, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, y), K(0.0, y)
+    for i in range(lo, hi):
+        xv = x[i]
+        v = alpha * (vtanh(xv))
         if beta != 0:
             v += beta * y[i]
         y[i] = v
 
 
-@njit(**JIT_PAR)
-def _fwd_clipped_relu(x, y, coef, alpha, beta):
-    for i in prange(y.size):
-        v = alpha * _f_clipped_relu(x[i], coef)
+@njit(**JIT)
+def _fwd_clipped_relu(x, y, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, y), K(0.0, y)
+    for i in range(lo, hi):
+        xv = x[i]
+        v = alpha * (zero if xv <= zero else (coef if xv >= coef else xv))
         if beta != 0:
             v += beta * y[i]
         y[i] = v
 
 
-@njit(**JIT_PAR)
-def _fwd_elu(x, y, coef, alpha, beta):
-    for i in prange(y.size):
-        v = alpha * _f_elu(x[i], coef)
+@njit(**JIT)
+def _fwd_elu(x, y, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, y), K(0.0, y)
+    for i in range(lo, hi):
+        xv = x[i]
+        v = alpha * (xv if xv > zero else coef * vexpm1(xv))
         if beta != 0:
             v += beta * y[i]
         y[i] = v
 
 
-@njit(**JIT_PAR)
-def _fwd_swish(x, y, coef, alpha, beta):
-    for i in prange(y.size):
-        v = alpha * _f_swish(x[i], coef)
+@njit(**JIT)
+def _fwd_swish(x, y, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, y), K(0.0, y)
+    for i in range(lo, hi):
+        xv = x[i]
+        v = alpha * (xv * (one / (one + vexp(-coef * xv))))
         if beta != 0:
             v += beta * y[i]
         y[i] = v
 
 
-@njit(**JIT_PAR)
-def _fwd_identity(x, y, coef, alpha, beta):
-    for i in prange(y.size):
-        v = alpha * _f_identity(x[i], coef)
+@njit(**JIT)
+def _fwd_identity(x, y, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, y), K(0.0, y)
+    for i in range(lo, hi):
+        xv = x[i]
+        v = alpha * (xv)
         if beta != 0:
             v += beta * y[i]
         y[i] = v
 
 
-@njit(**JIT_PAR)
-def _bwd_relu(y, dy, x, dx, coef, alpha, beta):
-    for i in prange(dx.size):
-        v = alpha * _g_relu(y[i], dy[i], x[i], coef)
+@njit(**JIT)
+def _bwd_relu(y, dy, x, dx, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, dx), K(0.0, dx)
+    for i in range(lo, hi):
+        yv, g, xv = y[i], dy[i], x[i]
+        v = alpha * (g if xv > zero else zero)
         if beta != 0:
             v += beta * dx[i]
         dx[i] = v
 
 
-@njit(**JIT_PAR)
-def _bwd_sigmoid(y, dy, x, dx, coef, alpha, beta):
-    for i in prange(dx.size):
-        v = alpha * _g_sigmoid(y[i], dy[i], x[i], coef)
+@njit(**JIT)
+def _bwd_sigmoid(y, dy, x, dx, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, dx), K(0.0, dx)
+    for i in range(lo, hi):
+        yv, g, xv = y[i], dy[i], x[i]
+        v = alpha * (g * yv * (one - yv))
         if beta != 0:
             v += beta * dx[i]
         dx[i] = v
 
 
-@njit(**JIT_PAR)
-def _bwd_tanh(y, dy, x, dx, coef, alpha, beta):
-    for i in prange(dx.size):
-        v = alpha * _g_tanh(y[i], dy[i], x[i], coef)
+@njit(**JIT)
+def _bwd_tanh(y, dy, x, dx, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, dx), K(0.0, dx)
+    for i in range(lo, hi):
+        yv, g, xv = y[i], dy[i], x[i]
+        v = alpha * (g * (one - yv * yv))
         if beta != 0:
             v += beta * dx[i]
         dx[i] = v
 
 
-@njit(**JIT_PAR)
-def _bwd_clipped_relu(y, dy, x, dx, coef, alpha, beta):
-    for i in prange(dx.size):
-        v = alpha * _g_clipped_relu(y[i], dy[i], x[i], coef)
+@njit(**JIT)
+def _bwd_clipped_relu(y, dy, x, dx, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, dx), K(0.0, dx)
+    for i in range(lo, hi):
+        yv, g, xv = y[i], dy[i], x[i]
+        v = alpha * (g if (xv > zero and xv < coef) else zero)
         if beta != 0:
             v += beta * dx[i]
         dx[i] = v
 
 
-@njit(**JIT_PAR)
-def _bwd_elu(y, dy, x, dx, coef, alpha, beta):
-    for i in prange(dx.size):
-        v = alpha * _g_elu(y[i], dy[i], x[i], coef)
+@njit(**JIT)
+def _bwd_elu(y, dy, x, dx, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, dx), K(0.0, dx)
+    for i in range(lo, hi):
+        yv, g, xv = y[i], dy[i], x[i]
+        v = alpha * (g if xv > zero else g * coef * vexp(xv))
         if beta != 0:
             v += beta * dx[i]
         dx[i] = v
 
 
-@njit(**JIT_PAR)
-def _bwd_swish(y, dy, x, dx, coef, alpha, beta):
-    for i in prange(dx.size):
-        v = alpha * _g_swish(y[i], dy[i], x[i], coef)
+@njit(**JIT)
+def _bwd_swish(y, dy, x, dx, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, dx), K(0.0, dx)
+    for i in range(lo, hi):
+        yv, g, xv = y[i], dy[i], x[i]
+        s = one / (one + vexp(-coef * xv))
+        v = alpha * (g * (s + coef * xv * s * (one - s)))
         if beta != 0:
             v += beta * dx[i]
         dx[i] = v
 
 
-@njit(**JIT_PAR)
-def _bwd_identity(y, dy, x, dx, coef, alpha, beta):
-    for i in prange(dx.size):
-        v = alpha * _g_identity(y[i], dy[i], x[i], coef)
+@njit(**JIT)
+def _bwd_identity(y, dy, x, dx, lo, hi, coef, alpha, beta):
+    one, zero = K(1.0, dx), K(0.0, dx)
+    for i in range(lo, hi):
+        yv, g, xv = y[i], dy[i], x[i]
+        v = alpha * (g)
         if beta != 0:
             v += beta * dx[i]
         dx[i] = v
 
 
-_FORWARD = {m: globals()["_fwd_" + m] for m in MODES}
-_BACKWARD = {m: globals()["_bwd_" + m] for m in MODES}
+_CHUNK = 1 << 14      # elements per parallel task
+
+
+@njit(**JIT_PAR)
+def _forward_kernel(mode, x, y, coef, alpha, beta):
+    """Parallel over chunks; the mode is dispatched per chunk, outside the vector loop."""
+    for t in prange((y.size + _CHUNK - 1) // _CHUNK):
+        lo = t * _CHUNK
+        hi = min(lo + _CHUNK, y.size)
+        if mode == 0:
+            _fwd_relu(x, y, lo, hi, coef, alpha, beta)
+        elif mode == 1:
+            _fwd_sigmoid(x, y, lo, hi, coef, alpha, beta)
+        elif mode == 2:
+            _fwd_tanh(x, y, lo, hi, coef, alpha, beta)
+        elif mode == 3:
+            _fwd_clipped_relu(x, y, lo, hi, coef, alpha, beta)
+        elif mode == 4:
+            _fwd_elu(x, y, lo, hi, coef, alpha, beta)
+        elif mode == 5:
+            _fwd_swish(x, y, lo, hi, coef, alpha, beta)
+        else:
+            _fwd_identity(x, y, lo, hi, coef, alpha, beta)
+
+
+@njit(**JIT_PAR)
+def _backward_kernel(mode, y, dy, x, dx, coef, alpha, beta):
+    """Parallel over chunks; the mode is dispatched per chunk, outside the vector loop."""
+    for t in prange((dx.size + _CHUNK - 1) // _CHUNK):
+        lo = t * _CHUNK
+        hi = min(lo + _CHUNK, dx.size)
+        if mode == 0:
+            _bwd_relu(y, dy, x, dx, lo, hi, coef, alpha, beta)
+        elif mode == 1:
+            _bwd_sigmoid(y, dy, x, dx, lo, hi, coef, alpha, beta)
+        elif mode == 2:
+            _bwd_tanh(y, dy, x, dx, lo, hi, coef, alpha, beta)
+        elif mode == 3:
+            _bwd_clipped_relu(y, dy, x, dx, lo, hi, coef, alpha, beta)
+        elif mode == 4:
+            _bwd_elu(y, dy, x, dx, lo, hi, coef, alpha, beta)
+        elif mode == 5:
+            _bwd_swish(y, dy, x, dx, lo, hi, coef, alpha, beta)
+        else:
+            _bwd_identity(y, dy, x, dx, lo, hi, coef, alpha, beta)
+
+
+_MODE_ID = {m: i for i, m in enumerate(MODES)}   # must match the dispatch above
 
 
 @register("cudnn.activation_forward", "numba")
 def activation_forward_numba(x, y, *, mode, coef=0.0, alpha=1.0, beta=0.0):
     """Same contract as the reference; parallel, computes in x's dtype (float16 as float32)."""
     coef, alpha, beta = _check(mode, coef, alpha, beta, [("x", x), ("y", y)])
-    run_flat(_FORWARD[mode], (), (x,), y, (coef, alpha, beta), beta)
+    run_flat(_forward_kernel, (_MODE_ID[mode],), (x,), y, (coef, alpha, beta), beta)
 
 
 @register("cudnn.activation_backward", "numba")
@@ -340,4 +346,4 @@ def activation_backward_numba(y, dy, x, dx, *, mode, coef=0.0, alpha=1.0, beta=0
     """Same contract as the reference; parallel, computes in x's dtype (float16 as float32)."""
     coef, alpha, beta = _check(mode, coef, alpha, beta,
                                [("x", x), ("y", y), ("dy", dy), ("dx", dx)])
-    run_flat(_BACKWARD[mode], (), (y, dy, x), dx, (coef, alpha, beta), beta)
+    run_flat(_backward_kernel, (_MODE_ID[mode],), (y, dy, x), dx, (coef, alpha, beta), beta)
