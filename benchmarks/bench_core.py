@@ -133,6 +133,7 @@ def cmg_scaling():
 
 
 def main() -> None:
+    import numpy  # noqa: F401 - load numpy's BLAS so threadpoolctl can see it
     from threadpoolctl import threadpool_info
     blas = [(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()
             if i["user_api"] == "blas"]

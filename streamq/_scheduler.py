@@ -21,7 +21,7 @@ import sys
 import threading
 
 from . import _blocking, _limits
-from .topology import CMG, _set_current_cmg, topology
+from .topology import CMG, _set_current_cmg, current_cmg, topology
 
 _logger = logging.getLogger("streamq")
 
@@ -113,6 +113,59 @@ class Worker(threading.Thread):
         if want != self.numba_threads:
             self.numba_threads = want
             _limits.set_numba_threads(want)
+
+
+_lend_state = threading.local()
+
+
+def _inside_cache() -> dict:
+    """Per thread: CMG indices whose CPUs already contain the thread's whole affinity."""
+    cache = getattr(_lend_state, "inside", None)
+    if cache is None:
+        cache = _lend_state.inside = {}
+    return cache
+
+
+def lend_caller_to(cmg: CMG):
+    """Make the calling (non-worker) thread run as one of ``cmg``'s workers for a while.
+
+    Pins it to the CMG's CPUs, makes :func:`streamq.current_cmg` report the CMG and
+    caps numba's threads to the CMG's cores; returns a callable that undoes all of
+    it. Used when a waiting host thread runs a queue's items itself.
+    """
+    inside = _inside_cache()
+    old_cpus = None
+    if not inside.get(cmg.index, False):
+        try:
+            old_cpus = os.sched_getaffinity(0)
+        except OSError:
+            old_cpus = None
+        if old_cpus is not None and old_cpus <= set(cmg.cpus):
+            inside[cmg.index] = True   # already confined to the CMG: nothing to pin
+            old_cpus = None
+        elif old_cpus is not None:
+            try:
+                os.sched_setaffinity(0, cmg.cpus)
+            except OSError:
+                old_cpus = None
+    old_cmg = current_cmg()
+    _set_current_cmg(cmg)
+    numba = sys.modules.get("numba")
+    old_numba = None
+    if numba is not None:
+        old_numba = numba.get_num_threads()
+        if old_numba > cmg.ncores:
+            _limits.set_numba_threads(cmg.ncores)
+        else:
+            old_numba = None
+
+    def undo() -> None:
+        if old_numba is not None:
+            _limits.set_numba_threads(old_numba)
+        _set_current_cmg(old_cmg)
+        if old_cpus is not None:
+            os.sched_setaffinity(0, old_cpus)
+    return undo
 
 
 class CMGPool:

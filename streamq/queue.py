@@ -266,8 +266,10 @@ class Queue(Executor):
                         retry = True
                     elif task is None:
                         self._drainers -= 1
-                    elif budget <= 0 and pool is not None and sched.has_waiting(pool, priority):
-                        # Fair share used: put the item back and let the pool choose again.
+                    elif pool is not None and (sched.has_waiting(pool, priority + 1)
+                                               or (budget <= 0 and sched.has_waiting(pool, priority))):
+                        # Higher-priority work waits, or our fair share is used: put the item
+                        # back and let the pool choose again.
                         self._unpick_locked(task)
                         task = None
                         repost = True
@@ -624,13 +626,57 @@ class Queue(Executor):
         self._enqueue(gate)
 
     def synchronize(self, timeout: float | None = None) -> bool:
-        """Block until all work submitted so far is done; False if ``timeout`` passed first."""
+        """Block until all work submitted so far is done; False if ``timeout`` passed first.
+
+        On a serial queue with nothing running, the calling (non-worker) thread
+        runs the pending items itself, up to this call's point in the queue, as
+        GCD's ``dispatch_sync`` runs its block on the caller: a short wait then
+        costs no thread hop. Meanwhile the thread is pinned to the queue's CMG
+        and counts as one of its workers (``current_cmg()``), so placement holds.
+        Items it cannot start (waiting for dependencies) are left to the workers.
+        """
         start = time.perf_counter_ns() if trace._sink is not None else 0
         event = self.record_event(Event(f"{self.label}.synchronize"))
-        ok = event._record._wait(timeout)
+        marker = event._record
+        if (timeout is None and self._width == 1 and self.target is None and not marker.done()
+                and _blocking.current_worker() is None
+                and not (self._pool is not None and self._sched.has_waiting(self._pool, self.priority + 1))):
+            self._run_here(until=marker)   # (not ahead of higher-priority work waiting for workers)
+        ok = marker._wait(timeout)
         if start:
             trace._emit_host_sync("queue.synchronize", start, queue=self)
         return ok
+
+    def _run_here(self, until: Task) -> None:
+        """Run this serial queue's startable items on the calling thread, up to ``until``.
+
+        Serial order and exclusion hold as for any drain: items are taken from
+        the head under the lock, and none is taken while another one runs.
+        """
+        cmg = self.cmg
+        undo = _scheduler.lend_caller_to(cmg) if cmg is not None else None
+        stack = _blocking.queue_stack()
+        stack.append(self)
+        finished = None
+        try:
+            while True:
+                post = False
+                with self._lock:
+                    if finished is not None:
+                        self._account_finished_locked(finished)
+                    task = None if finished is until else self._pick_locked()
+                    if task is None:
+                        post = self._kick_locked()  # what follows ``until`` goes to the workers
+                if task is None:
+                    if post:
+                        self._post()
+                    return
+                self._run(task, None)
+                finished = task
+        finally:
+            stack.pop()
+            if undo is not None:
+                undo()
 
     def query(self) -> bool:
         """True if every task submitted so far has finished (never blocks)."""

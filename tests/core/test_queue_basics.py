@@ -312,6 +312,64 @@ def test_synchronize_waits_for_all_submitted_work():
         assert q.query()
 
 
+def test_synchronize_runs_pending_work_on_the_waiting_thread_as_the_queues_cmg():
+    # Like dispatch_sync, a waiting host thread may run the serial queue's pending items itself;
+    # they must still see the queue's CMG and keep their order.
+    cmg = streamq.topology()[0]
+    q = Queue("help", cmg=0)
+    seen = []
+    gate = threading.Event()
+    q.submit(gate.wait, 10)                      # a worker holds the queue ...
+    for i in range(20):
+        q.submit(lambda i=i: seen.append((i, streamq.current_cmg(), streamq.current_queue())))
+    gate.set()                                   # ... then lets go while we wait
+    assert q.synchronize()
+    assert [i for i, _, _ in seen] == list(range(20))
+    assert all(c == cmg and cq is q for _, c, cq in seen)
+    before = threading.get_ident()
+    for _ in range(50):                          # idle queue: the waiting thread usually runs it
+        q.submit(lambda: seen.append(threading.get_ident()))
+        q.synchronize()
+    assert streamq.current_cmg() is None and streamq.current_queue() is None  # nothing leaked
+    assert threading.get_ident() == before
+
+
+def test_many_threads_synchronizing_one_serial_queue_keep_order_and_exclusion():
+    q = Queue("shared")
+    running = []
+    order = []
+    overlaps = []
+    lock = threading.Lock()
+
+    def item(tag):
+        with lock:
+            running.append(tag)
+            if len(running) != 1:
+                overlaps.append(list(running))
+        order.append(tag)
+        with lock:
+            running.remove(tag)
+
+    def host(t):
+        for i in range(200):
+            q.submit(item, (t, i))
+            if i % 7 == 0:
+                q.synchronize()
+        q.synchronize()
+
+    threads = [threading.Thread(target=host, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert q.synchronize()
+    assert overlaps == []
+    assert len(order) == 800
+    for t in range(4):                           # each submitter's items ran in its order
+        mine = [i for tt, i in order if tt == t]
+        assert mine == list(range(200))
+
+
 def test_synchronize_times_out_on_suspended_queue():
     q = Queue()
     q.suspend()
