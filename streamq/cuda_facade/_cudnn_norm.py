@@ -1,0 +1,245 @@
+"""cuDNN batch normalization (derive, training, inference, backward) and dropout.
+
+Batch-norm parameter tensors (scale, bias, means, variances) are described by
+the descriptor cudnnDeriveBNTensorDescriptor gives: 1 x C x 1 x 1 (spatial) or
+1 x C x H x W (per activation), float for half/float data and double for
+double data; anything else is CUDNN_STATUS_BAD_PARAM.
+
+Dropout draws its mask from a counter-based generator: the descriptor's state
+buffer (facade memory) holds the seed and the number of elements drawn so far.
+Each cudnnDropoutForward reads both when it runs and advances the counter, so
+successive calls on a stream draw fresh masks, reproducibly for a given seed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from streamq.kernels import registry
+
+from ._cudnn_common import alpha_beta, disjoint, enqueue, in_place_or_disjoint, same_dims, \
+    same_dtype
+from ._cudnn_descriptors import cudnnDropoutDescriptor_t, dropout_reserve
+from ._cudnn_tensors import cudnnTensorDescriptor_t, packed_strides, tensor_view
+from ._cudnn_types import CUDNN_BN_MIN_EPSILON, LIB, cudnnBatchNormMode_t, cudnnDataType_t, \
+    cudnnTensorFormat_t, live_handle
+
+__all__ = ["cudnnDeriveBNTensorDescriptor", "cudnnBatchNormalizationForwardTraining",
+           "cudnnBatchNormalizationForwardInference", "cudnnBatchNormalizationBackward",
+           "cudnnDropoutForward", "cudnnDropoutBackward"]
+
+_PER_ACTIVATION = cudnnBatchNormMode_t.CUDNN_BATCHNORM_PER_ACTIVATION
+
+
+def _bn_mode(mode) -> tuple[cudnnBatchNormMode_t, str]:
+    m = LIB.enum(cudnnBatchNormMode_t, mode, "mode")
+    return m, ("per_activation" if m == _PER_ACTIVATION else "spatial")
+
+
+def _bn_dims(mode, x_dims) -> tuple[int, ...]:
+    if len(x_dims) not in (4, 5):
+        raise LIB.bad(f"batch normalization needs a 4-D or 5-D xDesc, got {len(x_dims)}-D")
+    if mode == _PER_ACTIVATION:
+        return (1, *x_dims[1:])
+    return (1, x_dims[1]) + (1,) * (len(x_dims) - 2)
+
+
+def _bn_data_type(data_type):
+    return (cudnnDataType_t.CUDNN_DATA_DOUBLE if data_type == cudnnDataType_t.CUDNN_DATA_DOUBLE
+            else cudnnDataType_t.CUDNN_DATA_FLOAT)
+
+
+@LIB.api()
+def cudnnDeriveBNTensorDescriptor(derivedBnDesc, xDesc, mode):
+    """Set ``derivedBnDesc`` to the parameter tensor batch norm of ``xDesc`` in ``mode``
+    uses: 1 x C x 1 x 1 (spatial) or 1 x C x H x W (per activation), float or double."""
+    derived = cudnnTensorDescriptor_t.live(derivedBnDesc, "derivedBnDesc", must_be_set=False)
+    x = cudnnTensorDescriptor_t.live(xDesc, "xDesc")
+    m, _ = _bn_mode(mode)
+    dims = _bn_dims(m, x.dims)
+    derived._assign(_bn_data_type(x.data_type), dims,
+                    packed_strides(dims, cudnnTensorFormat_t.CUDNN_TENSOR_NCHW))
+
+
+class _BN:
+    """The checked data tensors of one batch-norm call and its parameter-tensor rules."""
+
+    def __init__(self, mode, x_view: np.ndarray, param_desc, param_name: str):
+        self.mode, self.kernel_mode = _bn_mode(mode)
+        self.want = _bn_dims(self.mode, x_view.shape)
+        self.param_dtype = np.dtype(np.float64 if x_view.dtype == np.float64 else np.float32)
+        d = cudnnTensorDescriptor_t.live(param_desc, param_name)
+        if d.dims != self.want:
+            raise LIB.bad(f"{param_name} has dimensions {d.dims} but batch norm of xDesc "
+                          f"{x_view.shape} in mode {self.mode.name} needs {self.want} "
+                          f"(cudnnDeriveBNTensorDescriptor)")
+        if d.dtype(param_name) != self.param_dtype:
+            raise LIB.bad(f"{param_name} has data type {d.dtype(param_name)} but {x_view.dtype} "
+                          f"data needs {self.param_dtype} parameters")
+        self.desc = param_desc
+        count = x_view.shape[0] * (1 if self.mode == _PER_ACTIVATION else
+                                   int(np.prod(x_view.shape[2:])))
+        self.count = count
+
+    def param(self, ptr, what: str, *, optional: bool = False):
+        """The view of one parameter tensor (None for an optional NULL pointer)."""
+        if optional and (ptr is None or (isinstance(ptr, int) and ptr == 0)):
+            return None
+        return tensor_view(self.desc, ptr, what)
+
+    def pair(self, p1, n1: str, p2, n2: str):
+        """Two optional parameter tensors that must be given together."""
+        v1, v2 = self.param(p1, n1, optional=True), self.param(p2, n2, optional=True)
+        if (v1 is None) != (v2 is None):
+            raise LIB.bad(f"{n1} and {n2} must both be NULL or both be given")
+        return v1, v2
+
+    def need_two_values(self) -> None:
+        if self.count < 2:
+            raise LIB.bad(f"batch statistics need at least 2 values per channel, got {self.count}")
+
+
+def _epsilon(epsilon) -> float:
+    eps = LIB.real(epsilon, "epsilon")
+    if not eps >= CUDNN_BN_MIN_EPSILON:
+        raise LIB.bad(f"epsilon must be >= CUDNN_BN_MIN_EPSILON ({CUDNN_BN_MIN_EPSILON}), got {eps}")
+    return eps
+
+
+def _present(*views) -> list:
+    return [v for v in views if v is not None]
+
+
+@LIB.api()
+def cudnnBatchNormalizationForwardTraining(handle, mode, alpha, beta, xDesc, x, yDesc, y,
+                                           bnScaleBiasMeanVarDesc, bnScale, bnBias,
+                                           exponentialAverageFactor, resultRunningMean,
+                                           resultRunningVariance, epsilon, resultSaveMean,
+                                           resultSaveInvVariance):
+    """y = alpha * (scale * (x - mean) / sqrt(var + eps) + bias) + beta * y with batch
+    statistics; updates running = (1 - factor) * running + factor * batch (unbiased
+    variance) and saves mean and 1/sqrt(var + eps) when those pointers are not NULL."""
+    h = live_handle(handle)
+    xv, yv = tensor_view(xDesc, x, "x"), tensor_view(yDesc, y, "y")
+    dtype = same_dtype(x=xv, y=yv)
+    same_dims(x=xv, y=yv)
+    bn = _BN(mode, xv, bnScaleBiasMeanVarDesc, "bnScaleBiasMeanVarDesc")
+    bn.need_two_values()
+    scale, bias = bn.param(bnScale, "bnScale"), bn.param(bnBias, "bnBias")
+    run_mean, run_var = bn.pair(resultRunningMean, "resultRunningMean", resultRunningVariance,
+                                "resultRunningVariance")
+    save_mean, save_inv = bn.pair(resultSaveMean, "resultSaveMean", resultSaveInvVariance,
+                                  "resultSaveInvVariance")
+    factor = LIB.real(exponentialAverageFactor, "exponentialAverageFactor")
+    if not 0.0 <= factor <= 1.0:
+        raise LIB.bad(f"exponentialAverageFactor must be in [0, 1], got {factor}")
+    eps = _epsilon(epsilon)
+    disjoint("y", yv, x=xv, bnScale=scale, bnBias=bias)
+    a, b = alpha_beta(dtype, alpha=alpha, beta=beta)
+    outputs = _present(run_mean, run_var, save_mean, save_inv)
+    enqueue(h, "cudnn.batch_norm_forward_training", xv, yv, scale, bias, mode=bn.kernel_mode,
+            epsilon=eps, exponential_average_factor=factor, running_mean=run_mean,
+            running_var=run_var, save_mean=save_mean, save_inv_variance=save_inv, alpha=a, beta=b,
+            reads=[xv, scale, bias] + _present(run_mean, run_var) + ([yv] if b else []),
+            writes=[yv] + outputs)
+
+
+@LIB.api()
+def cudnnBatchNormalizationForwardInference(handle, mode, alpha, beta, xDesc, x, yDesc, y,
+                                            bnScaleBiasMeanVarDesc, bnScale, bnBias, estimatedMean,
+                                            estimatedVariance, epsilon):
+    """y = alpha * (scale * (x - mean) / sqrt(var + eps) + bias) + beta * y with the given
+    estimates; may run in place (y = x)."""
+    h = live_handle(handle)
+    xv, yv = tensor_view(xDesc, x, "x"), tensor_view(yDesc, y, "y")
+    dtype = same_dtype(x=xv, y=yv)
+    same_dims(x=xv, y=yv)
+    bn = _BN(mode, xv, bnScaleBiasMeanVarDesc, "bnScaleBiasMeanVarDesc")
+    params = [bn.param(p, n) for p, n in ((bnScale, "bnScale"), (bnBias, "bnBias"),
+                                          (estimatedMean, "estimatedMean"),
+                                          (estimatedVariance, "estimatedVariance"))]
+    eps = _epsilon(epsilon)
+    in_place_or_disjoint("y", yv, x=xv)
+    disjoint("y", yv, **dict(zip(("bnScale", "bnBias", "estimatedMean", "estimatedVariance"),
+                                 params)))
+    a, b = alpha_beta(dtype, alpha=alpha, beta=beta)
+    enqueue(h, "cudnn.batch_norm_forward_inference", xv, yv, *params, mode=bn.kernel_mode,
+            epsilon=eps, alpha=a, beta=b, reads=[xv, *params] + ([yv] if b else []), writes=[yv])
+
+
+@LIB.api()
+def cudnnBatchNormalizationBackward(handle, mode, alphaDataDiff, betaDataDiff, alphaParamDiff,
+                                    betaParamDiff, xDesc, x, dyDesc, dy, dxDesc, dx,
+                                    dBnScaleBiasDesc, bnScale, dBnScaleResult, dBnBiasResult,
+                                    epsilon, savedMean, savedInvVariance):
+    """Gradients of training batch norm: dx (blended with alphaDataDiff/betaDataDiff),
+    dscale and dbias (alphaParamDiff/betaParamDiff). savedMean/savedInvVariance from the
+    forward pass are used when given (both), else the statistics are recomputed."""
+    h = live_handle(handle)
+    xv, dyv, dxv = tensor_view(xDesc, x, "x"), tensor_view(dyDesc, dy, "dy"), \
+        tensor_view(dxDesc, dx, "dx")
+    dtype = same_dtype(x=xv, dy=dyv, dx=dxv)
+    same_dims(x=xv, dy=dyv, dx=dxv)
+    bn = _BN(mode, xv, dBnScaleBiasDesc, "dBnScaleBiasDesc")
+    bn.need_two_values()
+    scale = bn.param(bnScale, "bnScale")
+    dscale, dbias = bn.param(dBnScaleResult, "dBnScaleResult"), bn.param(dBnBiasResult, "dBnBiasResult")
+    saved_mean, saved_inv = bn.pair(savedMean, "savedMean", savedInvVariance, "savedInvVariance")
+    eps = _epsilon(epsilon)
+    disjoint("dx", dxv, x=xv, dy=dyv, bnScale=scale)
+    a_d, b_d, a_p, b_p = alpha_beta(dtype, alphaDataDiff=alphaDataDiff, betaDataDiff=betaDataDiff,
+                                    alphaParamDiff=alphaParamDiff, betaParamDiff=betaParamDiff)
+    enqueue(h, "cudnn.batch_norm_backward", xv, dyv, dxv, scale, dscale, dbias,
+            mode=bn.kernel_mode, epsilon=eps, saved_mean=saved_mean, saved_inv_variance=saved_inv,
+            alpha_data=a_d, beta_data=b_d, alpha_param=a_p, beta_param=b_p,
+            reads=[xv, dyv, scale] + _present(saved_mean, saved_inv)
+            + ([dxv] if b_d else []) + ([dscale, dbias] if b_p else []),
+            writes=[dxv, dscale, dbias])
+
+
+# -- dropout -------------------------------------------------------------------------------------------
+
+@LIB.api()
+def cudnnDropoutForward(handle, dropoutDesc, xdesc, x, ydesc, y, reserveSpace,
+                        reserveSpaceSizeInBytes):
+    """y = x / (1 - p) where kept, 0 where dropped; the keep mask goes to reserveSpace
+    (one byte per element) for cudnnDropoutBackward. May run in place (y = x)."""
+    h = live_handle(handle)
+    desc = cudnnDropoutDescriptor_t.live(dropoutDesc, "dropoutDesc")
+    if desc.states is None:
+        raise LIB.bad("dropoutDesc has no RNG states (cudnnSetDropoutDescriptor with states)")
+    xv, yv = tensor_view(xdesc, x, "x"), tensor_view(ydesc, y, "y")
+    same_dtype(x=xv, y=yv)
+    same_dims(x=xv, y=yv)
+    reserve = dropout_reserve(reserveSpace, reserveSpaceSizeInBytes, xv.size, "reserveSpace")
+    in_place_or_disjoint("y", yv, x=xv)
+    disjoint("reserveSpace", reserve, x=xv, y=yv)
+    kernel = registry.get("cudnn.dropout_forward")
+    fn = functools.partial(_dropout_forward, kernel, xv, yv, reserve, desc.dropout, desc.states)
+    LIB.launch(h.stream(), fn, (), name="cudnn.dropout_forward", reads=[xv, desc.states],
+               writes=[yv, reserve, desc.states])
+
+
+def _dropout_forward(kernel, x, y, reserve, p, states):
+    """The task: draw the mask at the state's counter, then advance the counter."""
+    seed, counter = int(states[0]), int(states[1])
+    kernel(x, y, reserve, dropout=p, seed=seed, offset=counter)
+    states[1] = (counter + x.size) % (1 << 64)
+
+
+@LIB.api()
+def cudnnDropoutBackward(handle, dropoutDesc, dydesc, dy, dxdesc, dx, reserveSpace,
+                         reserveSpaceSizeInBytes):
+    """dx = dy / (1 - p) where the forward pass kept the element (per reserveSpace), else 0."""
+    h = live_handle(handle)
+    desc = cudnnDropoutDescriptor_t.live(dropoutDesc, "dropoutDesc")
+    dyv, dxv = tensor_view(dydesc, dy, "dy"), tensor_view(dxdesc, dx, "dx")
+    same_dtype(dy=dyv, dx=dxv)
+    same_dims(dy=dyv, dx=dxv)
+    reserve = dropout_reserve(reserveSpace, reserveSpaceSizeInBytes, dyv.size, "reserveSpace")
+    in_place_or_disjoint("dx", dxv, dy=dyv)
+    disjoint("reserveSpace", reserve, dx=dxv)
+    enqueue(h, "cudnn.dropout_backward", dyv, dxv, reserve, dropout=desc.dropout,
+            reads=[dyv, reserve], writes=[dxv])
