@@ -1,6 +1,6 @@
 """ATen elementwise ops: add/sub/mul/div, relu/threshold, sigmoid, tanh, their backwards, fill_, copy_.
 
-Contract shared by every provider (see docs/kernels/aten.md):
+Contract shared by every provider (see docs/kernels/aten_ops.md):
 
 * ``self`` is a numpy array; ``other`` an array or a real scalar. Shapes
   broadcast as in torch; ``out`` must already have the broadcast shape and
@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _aten_jit as jit
+from ._dnn_common import serial_below
 from ._aten_common import (
-    BOOL, DEFAULT_FLOAT, FLOAT64, INT64, JIT_FLOATS, broadcast_shape, can_cast, category,
+    BOOL, DEFAULT_FLOAT, FLOAT64, INT64, JIT_FLOATS, broadcast_shape, can_cast,
     check_out, check_scalar, check_tensor, is_float, result_type, scalar_dtype, separate,
 )
 from .registry import register
@@ -173,19 +174,16 @@ def _numba_binary(p: _Binary) -> np.ndarray:
     if scalar:
         s = t(other)
         if p.kind == "add":
-            jit.add_as(a, t(t(p.alpha) * s), o)
-        elif p.kind == "mul":
-            jit.mul_as(a, s, o)
+            with serial_below(o.size):
+                jit.binary_scalar(jit.ADD, a, t(t(p.alpha) * s), o)
         else:
-            jit.div_as(a, s, o)
+            with serial_below(o.size):
+                jit.binary_scalar(jit.MUL if p.kind == "mul" else jit.DIV, a, s, o)
         return out
     b = separate(other, out).reshape(-1)
-    if p.kind == "add":
-        jit.add_aa(a, b, t(p.alpha), o)
-    elif p.kind == "mul":
-        jit.mul_aa(a, b, o)
-    else:
-        jit.div_aa(a, b, o)
+    op = {"add": jit.ADD, "mul": jit.MUL}.get(p.kind, jit.DIV)
+    with serial_below(o.size):
+        jit.binary(op, a, b, t(p.alpha), o)
     return out
 
 
@@ -280,7 +278,8 @@ def _threshold_jit(x, th, value, out):
     if out.dtype.kind not in "fiu" or out.dtype == np.float16 or out.size < _JIT_MIN or \
             not out.flags.c_contiguous or not x.flags.c_contiguous:
         return _threshold_np(x, th, value, out)
-    jit.threshold(separate(x, out).reshape(-1), th, value, out.reshape(-1))
+    with serial_below(out.size):
+        jit.threshold(separate(x, out).reshape(-1), th, value, out.reshape(-1))
     return out
 
 
@@ -367,8 +366,9 @@ def threshold_backward_numba(grad_output, self, threshold, *, out):
     if not _jit_ok(out, grad_output, self):
         np.copyto(out, np.where(self <= self.dtype.type(threshold), out.dtype.type(0), grad_output))
         return out
-    jit.threshold_backward(separate(grad_output, out).reshape(-1), separate(self, out).reshape(-1),
-                           self.dtype.type(threshold), out.reshape(-1))
+    with serial_below(out.size):
+        jit.backward(jit.THRESHOLD_BACKWARD, separate(grad_output, out).reshape(-1),
+                     separate(self, out).reshape(-1), self.dtype.type(threshold), out.reshape(-1))
     return out
 
 
@@ -411,7 +411,8 @@ def _register_transcendental(name, f64, kernel, doc):
     def run_numba(self, out):
         if not _jit_ok(out, self):
             return run_numpy(self, out)
-        kernel(separate(self, out).reshape(-1), out.reshape(-1))
+        with serial_below(out.size):
+            kernel(separate(self, out).reshape(-1), out.reshape(-1))
         return out
 
     for provider, run in (("reference", run_reference), ("numpy", run_numpy), ("numba", run_numba)):
@@ -432,14 +433,14 @@ for _name, (_f64, _kernel, _doc) in _TRANSCENDENTAL.items():
 
 
 _BACKWARD = {
-    "sigmoid_backward": (lambda g, y: g * (1.0 - y) * y, jit.sigmoid_backward,
+    "sigmoid_backward": (lambda g, y: g * (1.0 - y) * y, jit.SIGMOID_BACKWARD,
                          "out = grad_output * (1 - output) * output, where output = sigmoid(x)."),
-    "tanh_backward": (lambda g, y: g * (1.0 - y * y), jit.tanh_backward,
+    "tanh_backward": (lambda g, y: g * (1.0 - y * y), jit.TANH_BACKWARD,
                       "out = grad_output * (1 - output**2), where output = tanh(x)."),
 }
 
 
-def _register_backward(name, formula, kernel, doc):
+def _register_backward(name, formula, op_code, doc):
     doc += " Float dtypes; grad_output and output of one dtype, broadcast together."
 
     def reference(grad_output, output, *, out):
@@ -458,8 +459,9 @@ def _register_backward(name, formula, kernel, doc):
         out = _prep_pair(grad_output, output, "output", out)
         if not _jit_ok(out, grad_output, output):
             return numpy_(grad_output, output, out=out)
-        kernel(separate(grad_output, out).reshape(-1), separate(output, out).reshape(-1),
-               out.reshape(-1))
+        with serial_below(out.size):
+            jit.backward(op_code, separate(grad_output, out).reshape(-1),
+                         separate(output, out).reshape(-1), out.dtype.type(0), out.reshape(-1))
         return out
 
     for provider, fn in (("reference", reference), ("numpy", numpy_), ("numba", numba_)):
@@ -516,7 +518,8 @@ def fill__numba(self, value):
     """aten::fill_ (numba provider): a parallel store loop for big C-contiguous float32/64 arrays."""
     v = _prep_fill(self, value)
     if self.size >= _JIT_MIN and self.flags.c_contiguous and self.dtype in JIT_FLOATS:
-        jit.fill(self.reshape(-1), v)
+        with serial_below(self.size):
+            jit.fill(self.reshape(-1), v)
     else:
         self[...] = v
     return self
@@ -563,7 +566,8 @@ def copy__numba(self, src):
     _prep_copy(self, src)
     if (self.size >= _JIT_MIN and self.shape == src.shape and self.flags.c_contiguous and
             src.flags.c_contiguous and self.dtype in JIT_FLOATS and src.dtype in JIT_FLOATS):
-        jit.copy_cast(separate(src, self).reshape(-1), self.reshape(-1))
+        with serial_below(self.size):
+            jit.copy_cast(separate(src, self).reshape(-1), self.reshape(-1))
     else:
         with np.errstate(invalid="ignore"):
             np.copyto(self, src, casting="unsafe")

@@ -15,13 +15,14 @@ import numbers
 import numpy as np
 
 from . import _aten_jit as jit
+from . import _dnn_softmax as dsm
+from ._dnn_common import serial_below
 from ._aten_common import (
     FLOAT16, FLOAT32, FLOAT64, INT64, as_c_float, check_out, check_tensor, pair, wrap_dim,
 )
 from ._common import check_array
 from .registry import register
 
-_BCHUNK = 256
 
 
 def _finish(out: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -90,7 +91,13 @@ def _softmax_numba(self, dim, half_to_float, out, log):
         x = x.copy()
     A, K, B = _akb(self.shape, d)
     res = _scratch_for(out, x.dtype)
-    jit.softmax(x.reshape(-1), A, K, B, _BCHUNK, log, res.reshape(-1))
+    # The cuDNN softmax kernels compute exactly this: rows (B == 1) or (A, K, B) blocks.
+    if B == 1:
+        rows = dsm._rows_forward_serial if x.size < dsm._SERIAL_BELOW else dsm._rows_forward_par
+        rows(x.reshape(A, K), res.reshape(A, K), log, 1.0, 0.0)
+    else:
+        with serial_below(res.size):
+            dsm._channel_forward(x.reshape(A, K, B), res.reshape(A, K, B), log, 1.0, 0.0)
     return _finish(out, res)
 
 
@@ -155,7 +162,13 @@ def _softmax_backward_numba(grad_output, output, dim, input_dtype, out, log):
         y = y.copy()
     A, K, B = _akb(grad_output.shape, d)
     res = _scratch_for(out, g.dtype)
-    jit.softmax_backward(g.reshape(-1), y.reshape(-1), A, K, B, log, res.reshape(-1))
+    if B == 1:
+        rows = dsm._rows_backward_serial if g.size < dsm._SERIAL_BELOW else dsm._rows_backward_par
+        rows(y.reshape(A, K), g.reshape(A, K), res.reshape(A, K), log, 1.0, 0.0)
+    else:
+        with serial_below(res.size):
+            dsm._channel_backward(y.reshape(A, K, B), g.reshape(A, K, B), res.reshape(A, K, B),
+                                  log, 1.0, 0.0)
     return _finish(out, res)
 
 
@@ -210,13 +223,31 @@ def _prep_nll(self, target, weight, reduction, ignore_index):
     red = _reduction(reduction)
     if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    t = target.reshape(-1).astype(INT64)
-    bad = (t != ignore_index) & ((t < 0) | (t >= C))
-    if bad.any():
-        raise ValueError(f"target value {int(t[bad][0])} is out of bounds for {C} classes "
-                         f"(valid: 0..{C - 1} or ignore_index={ignore_index})")
-    w = np.ones(C, FLOAT64) if weight is None else weight.astype(FLOAT64)
+    t = target.reshape(-1)
+    if t.dtype != INT64:
+        t = t.astype(INT64)
+    if t.size and not (0 <= t.min() and t.max() < C):     # cheap test first, then details
+        bad = (t != ignore_index) & ((t < 0) | (t >= C))
+        if bad.any():
+            raise ValueError(f"target value {int(t[bad][0])} is out of bounds for {C} classes "
+                             f"(valid: 0..{C - 1} or ignore_index={ignore_index})")
+    w = _unit_weights(C) if weight is None else weight.astype(FLOAT64)
     return self.reshape(-1, C), t, w, red, int(ignore_index)
+
+
+_UNIT_WEIGHTS: dict[int, np.ndarray] = {}
+
+
+def _unit_weights(c: int) -> np.ndarray:
+    """A read-only float64 array of c ones, cached (weight=None is the common case)."""
+    w = _UNIT_WEIGHTS.get(c)
+    if w is None:
+        if len(_UNIT_WEIGHTS) > 64:
+            _UNIT_WEIGHTS.clear()
+        w = np.ones(c, FLOAT64)
+        w.flags.writeable = False
+        _UNIT_WEIGHTS[c] = w
+    return w
 
 
 def _nll_shapes(self, red, output, total_weight):
@@ -372,7 +403,8 @@ def adaptive_avg_pool2d_numba(self, output_size, *, out):
     H, W = self.shape[-2:]
     x = as_c_float(self).reshape(-1, H, W)
     res = _scratch_for(out, x.dtype)
-    jit.adaptive_avg_pool2d(x, res.reshape(-1, oh, ow))
+    with serial_below(res.size):
+        jit.adaptive_avg_pool2d(x, res.reshape(-1, oh, ow))
     return _finish(out, res)
 
 
@@ -414,7 +446,8 @@ def adaptive_avg_pool2d_backward_numba(grad_output, self, *, out):
     H, W = self.shape[-2:]
     g = as_c_float(grad_output)
     res = _scratch_for(out, g.dtype)
-    jit.adaptive_avg_pool2d_backward(g.reshape(-1, oh, ow), H, W, res.reshape(-1, H, W))
+    with serial_below(res.size):
+        jit.adaptive_avg_pool2d_backward(g.reshape(-1, oh, ow), H, W, res.reshape(-1, H, W))
     return _finish(out, res)
 
 
@@ -500,8 +533,9 @@ def max_pool2d_with_indices_numba(self, kernel_size, stride, padding, dilation, 
     x = as_c_float(self).reshape(-1, H, W)
     res = _scratch_for(out, x.dtype)
     ires = _scratch_for(indices, INT64)
-    jit.max_pool2d(x, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1],
-                   res.reshape(-1, shape[-2], shape[-1]), ires.reshape(-1, shape[-2], shape[-1]))
+    with serial_below(x.size):
+        jit.max_pool2d(x, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1],
+                       res.reshape(-1, shape[-2], shape[-1]), ires.reshape(-1, shape[-2], shape[-1]))
     _finish(indices, ires)
     return _finish(out, res), indices
 
@@ -549,8 +583,9 @@ def max_pool2d_with_indices_backward_numba(grad_output, self, kernel_size, strid
     g = g.reshape(-1, g.shape[-2] * g.shape[-1])
     gi = _scratch_for(grad_input, g.dtype)
     gi[...] = 0
-    jit.max_pool2d_backward(g, np.ascontiguousarray(indices).reshape(g.shape),
-                            gi.reshape(g.shape[0], plane))
+    with serial_below(gi.size):
+        jit.max_pool2d_backward(g, np.ascontiguousarray(indices).reshape(g.shape),
+                                gi.reshape(g.shape[0], plane))
     return _finish(grad_input, gi)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _aten_jit as jit
+from ._dnn_common import serial_below
 from ._aten_common import (
     FLOAT16, FLOAT64, INT64, JIT_FLOATS, as_c_float, check_out, check_supported, check_tensor,
     is_float, reduced_shape, reduction_dims, split_reduction,
@@ -88,7 +89,8 @@ def sum_float64(x: np.ndarray, dims: tuple, shape: tuple) -> np.ndarray:
     flat = as_c_float(x).reshape(-1)
     nsplit = _THREADS_SPLIT if (B == 1 and A < 2 * _THREADS_SPLIT and K >= _SPLIT_MIN) else 1
     res = np.empty(A * B * nsplit, FLOAT64)
-    jit.sum_akb(flat, A, K, B, nsplit, _BCHUNK, res)
+    with serial_below(flat.size):
+        jit.sum_akb(flat, A, K, B, nsplit, _BCHUNK, res)
     if nsplit > 1:
         res = res.reshape(A, nsplit).sum(axis=1)
     return res.reshape(shape)
@@ -170,7 +172,8 @@ def amax_numba(self, dim=(), keepdim=False, *, out):
     flat = as_c_float(self).reshape(-1)
     nsplit = _THREADS_SPLIT if (B == 1 and A < 2 * _THREADS_SPLIT and K >= _SPLIT_MIN) else 1
     res = np.empty(A * B * nsplit, flat.dtype)
-    jit.max_akb(flat, A, K, B, nsplit, res)
+    with serial_below(flat.size):
+        jit.max_akb(flat, A, K, B, nsplit, res)
     if nsplit > 1:
         res = np.max(res.reshape(A, nsplit), axis=1)   # NaN-propagating, like the kernel
     np.copyto(out, res.reshape(shape), casting="unsafe")
@@ -248,7 +251,8 @@ def argmax_numba(self, dim=None, keepdim=False, *, out):
         B = int(np.prod(self.shape[d[0] + 1:], dtype=np.int64))
     flat = x.reshape(-1)
     res = np.empty(A * B, INT64)
-    jit.argmax_akb(flat, A, K, B, res)
+    with serial_below(flat.size):
+        jit.argmax_akb(flat, A, K, B, res)
     np.copyto(out, res.reshape(shape))
     return out
 

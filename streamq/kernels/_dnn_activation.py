@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import blend
-from ._dnn_common import JIT, JIT_PAR, K, check_array, check_choice, check_float, check_like, \
+from ._dnn_common import quiet, JIT, JIT_PAR, K, check_array, check_choice, check_float, check_like, \
     check_scalar, vexp, vexpm1, vtanh
 from ._dnn_elementwise import run_flat
 from .registry import register
@@ -95,6 +95,7 @@ def _backward64(mode, y, dy, x, coef):
 
 
 @register("cudnn.activation_forward", "reference")
+@quiet
 def activation_forward_reference(x, y, *, mode, coef=0.0, alpha=1.0, beta=0.0):
     """``y = alpha * f(x) + beta * y`` for activation ``mode`` (see module doc)."""
     coef, alpha, beta = _check(mode, coef, alpha, beta, [("x", x), ("y", y)])
@@ -102,6 +103,7 @@ def activation_forward_reference(x, y, *, mode, coef=0.0, alpha=1.0, beta=0.0):
 
 
 @register("cudnn.activation_backward", "reference")
+@quiet
 def activation_backward_reference(y, dy, x, dx, *, mode, coef=0.0, alpha=1.0, beta=0.0):
     """``dx = alpha * dy * f'(x) + beta * dx`` (sigmoid/tanh read ``y``, others ``x``)."""
     coef, alpha, beta = _check(mode, coef, alpha, beta,
@@ -115,24 +117,18 @@ def activation_backward_reference(y, dy, x, dx, *, mode, coef=0.0, alpha=1.0, be
 # numba
 # --------------------------------------------------------------------------
 
-# One scalar function per mode and one serial chunk loop per mode (each
-# vectorises on its own; a mode switch inside the element loop would not),
-# driven by one parallel kernel per direction that dispatches per chunk --
-# this keeps the number of (slow to compile) parfor kernels at two.
-# ``if beta != 0`` is loop-invariant: LLVM unswitches it, and the beta == 0
-# version never reads the output (so NaN there cannot leak).
-# Backward scalars take (y, dy, x, coef).
-
 # One serial chunk loop per mode (each vectorises on its own; a mode switch
 # inside the element loop would not), driven by one parallel kernel per
 # direction that dispatches per chunk -- two parfor kernels in all, which
-# keeps first-call JIT time down. ``if beta != 0`` is loop-invariant: LLVM
-# unswitches it, and the beta == 0 version never reads the output.
+# keeps first-call JIT time down. Each chunk loop gets slices, so its index
+# starts at 0 and needs no negative-index wraparound. ``if beta != 0`` is
+# loop-invariant: LLVM unswitches it, and the beta == 0 version never reads
+# the output (so NaN there cannot leak).
 
 @njit(**JIT)
-def _fwd_relu(x, y, lo, hi, coef, alpha, beta):
+def _fwd_relu(x, y, coef, alpha, beta):
     one, zero = K(1.0, y), K(0.0, y)
-    for i in range(lo, hi):
+    for i in range(y.size):
         xv = x[i]
         v = alpha * (xv if not (xv <= zero) else zero)
         if beta != 0:
@@ -141,9 +137,9 @@ def _fwd_relu(x, y, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _fwd_sigmoid(x, y, lo, hi, coef, alpha, beta):
+def _fwd_sigmoid(x, y, coef, alpha, beta):
     one, zero = K(1.0, y), K(0.0, y)
-    for i in range(lo, hi):
+    for i in range(y.size):
         xv = x[i]
         v = alpha * (one / (one + vexp(-xv)))
         if beta != 0:
@@ -152,9 +148,9 @@ def _fwd_sigmoid(x, y, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _fwd_tanh(x, y, lo, hi, coef, alpha, beta):
+def _fwd_tanh(x, y, coef, alpha, beta):
     one, zero = K(1.0, y), K(0.0, y)
-    for i in range(lo, hi):
+    for i in range(y.size):
         xv = x[i]
         v = alpha * (vtanh(xv))
         if beta != 0:
@@ -163,9 +159,9 @@ def _fwd_tanh(x, y, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _fwd_clipped_relu(x, y, lo, hi, coef, alpha, beta):
+def _fwd_clipped_relu(x, y, coef, alpha, beta):
     one, zero = K(1.0, y), K(0.0, y)
-    for i in range(lo, hi):
+    for i in range(y.size):
         xv = x[i]
         v = alpha * (zero if xv <= zero else (coef if xv >= coef else xv))
         if beta != 0:
@@ -174,9 +170,9 @@ def _fwd_clipped_relu(x, y, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _fwd_elu(x, y, lo, hi, coef, alpha, beta):
+def _fwd_elu(x, y, coef, alpha, beta):
     one, zero = K(1.0, y), K(0.0, y)
-    for i in range(lo, hi):
+    for i in range(y.size):
         xv = x[i]
         v = alpha * (xv if xv > zero else coef * vexpm1(xv))
         if beta != 0:
@@ -185,9 +181,9 @@ def _fwd_elu(x, y, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _fwd_swish(x, y, lo, hi, coef, alpha, beta):
+def _fwd_swish(x, y, coef, alpha, beta):
     one, zero = K(1.0, y), K(0.0, y)
-    for i in range(lo, hi):
+    for i in range(y.size):
         xv = x[i]
         v = alpha * (xv * (one / (one + vexp(-coef * xv))))
         if beta != 0:
@@ -196,9 +192,9 @@ def _fwd_swish(x, y, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _fwd_identity(x, y, lo, hi, coef, alpha, beta):
+def _fwd_identity(x, y, coef, alpha, beta):
     one, zero = K(1.0, y), K(0.0, y)
-    for i in range(lo, hi):
+    for i in range(y.size):
         xv = x[i]
         v = alpha * (xv)
         if beta != 0:
@@ -207,9 +203,9 @@ def _fwd_identity(x, y, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _bwd_relu(y, dy, x, dx, lo, hi, coef, alpha, beta):
+def _bwd_relu(y, dy, x, dx, coef, alpha, beta):
     one, zero = K(1.0, dx), K(0.0, dx)
-    for i in range(lo, hi):
+    for i in range(dx.size):
         yv, g, xv = y[i], dy[i], x[i]
         v = alpha * (g if xv > zero else zero)
         if beta != 0:
@@ -218,9 +214,9 @@ def _bwd_relu(y, dy, x, dx, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _bwd_sigmoid(y, dy, x, dx, lo, hi, coef, alpha, beta):
+def _bwd_sigmoid(y, dy, x, dx, coef, alpha, beta):
     one, zero = K(1.0, dx), K(0.0, dx)
-    for i in range(lo, hi):
+    for i in range(dx.size):
         yv, g, xv = y[i], dy[i], x[i]
         v = alpha * (g * yv * (one - yv))
         if beta != 0:
@@ -229,9 +225,9 @@ def _bwd_sigmoid(y, dy, x, dx, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _bwd_tanh(y, dy, x, dx, lo, hi, coef, alpha, beta):
+def _bwd_tanh(y, dy, x, dx, coef, alpha, beta):
     one, zero = K(1.0, dx), K(0.0, dx)
-    for i in range(lo, hi):
+    for i in range(dx.size):
         yv, g, xv = y[i], dy[i], x[i]
         v = alpha * (g * (one - yv * yv))
         if beta != 0:
@@ -240,9 +236,9 @@ def _bwd_tanh(y, dy, x, dx, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _bwd_clipped_relu(y, dy, x, dx, lo, hi, coef, alpha, beta):
+def _bwd_clipped_relu(y, dy, x, dx, coef, alpha, beta):
     one, zero = K(1.0, dx), K(0.0, dx)
-    for i in range(lo, hi):
+    for i in range(dx.size):
         yv, g, xv = y[i], dy[i], x[i]
         v = alpha * (g if (xv > zero and xv < coef) else zero)
         if beta != 0:
@@ -251,9 +247,9 @@ def _bwd_clipped_relu(y, dy, x, dx, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _bwd_elu(y, dy, x, dx, lo, hi, coef, alpha, beta):
+def _bwd_elu(y, dy, x, dx, coef, alpha, beta):
     one, zero = K(1.0, dx), K(0.0, dx)
-    for i in range(lo, hi):
+    for i in range(dx.size):
         yv, g, xv = y[i], dy[i], x[i]
         v = alpha * (g if xv > zero else g * coef * vexp(xv))
         if beta != 0:
@@ -262,9 +258,9 @@ def _bwd_elu(y, dy, x, dx, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _bwd_swish(y, dy, x, dx, lo, hi, coef, alpha, beta):
+def _bwd_swish(y, dy, x, dx, coef, alpha, beta):
     one, zero = K(1.0, dx), K(0.0, dx)
-    for i in range(lo, hi):
+    for i in range(dx.size):
         yv, g, xv = y[i], dy[i], x[i]
         s = one / (one + vexp(-coef * xv))
         v = alpha * (g * (s + coef * xv * s * (one - s)))
@@ -274,9 +270,9 @@ def _bwd_swish(y, dy, x, dx, lo, hi, coef, alpha, beta):
 
 
 @njit(**JIT)
-def _bwd_identity(y, dy, x, dx, lo, hi, coef, alpha, beta):
+def _bwd_identity(y, dy, x, dx, coef, alpha, beta):
     one, zero = K(1.0, dx), K(0.0, dx)
-    for i in range(lo, hi):
+    for i in range(dx.size):
         yv, g, xv = y[i], dy[i], x[i]
         v = alpha * (g)
         if beta != 0:
@@ -294,19 +290,19 @@ def _forward_kernel(mode, x, y, coef, alpha, beta):
         lo = t * _CHUNK
         hi = min(lo + _CHUNK, y.size)
         if mode == 0:
-            _fwd_relu(x, y, lo, hi, coef, alpha, beta)
+            _fwd_relu(x[lo:hi], y[lo:hi], coef, alpha, beta)
         elif mode == 1:
-            _fwd_sigmoid(x, y, lo, hi, coef, alpha, beta)
+            _fwd_sigmoid(x[lo:hi], y[lo:hi], coef, alpha, beta)
         elif mode == 2:
-            _fwd_tanh(x, y, lo, hi, coef, alpha, beta)
+            _fwd_tanh(x[lo:hi], y[lo:hi], coef, alpha, beta)
         elif mode == 3:
-            _fwd_clipped_relu(x, y, lo, hi, coef, alpha, beta)
+            _fwd_clipped_relu(x[lo:hi], y[lo:hi], coef, alpha, beta)
         elif mode == 4:
-            _fwd_elu(x, y, lo, hi, coef, alpha, beta)
+            _fwd_elu(x[lo:hi], y[lo:hi], coef, alpha, beta)
         elif mode == 5:
-            _fwd_swish(x, y, lo, hi, coef, alpha, beta)
+            _fwd_swish(x[lo:hi], y[lo:hi], coef, alpha, beta)
         else:
-            _fwd_identity(x, y, lo, hi, coef, alpha, beta)
+            _fwd_identity(x[lo:hi], y[lo:hi], coef, alpha, beta)
 
 
 @njit(**JIT_PAR)
@@ -316,25 +312,26 @@ def _backward_kernel(mode, y, dy, x, dx, coef, alpha, beta):
         lo = t * _CHUNK
         hi = min(lo + _CHUNK, dx.size)
         if mode == 0:
-            _bwd_relu(y, dy, x, dx, lo, hi, coef, alpha, beta)
+            _bwd_relu(y[lo:hi], dy[lo:hi], x[lo:hi], dx[lo:hi], coef, alpha, beta)
         elif mode == 1:
-            _bwd_sigmoid(y, dy, x, dx, lo, hi, coef, alpha, beta)
+            _bwd_sigmoid(y[lo:hi], dy[lo:hi], x[lo:hi], dx[lo:hi], coef, alpha, beta)
         elif mode == 2:
-            _bwd_tanh(y, dy, x, dx, lo, hi, coef, alpha, beta)
+            _bwd_tanh(y[lo:hi], dy[lo:hi], x[lo:hi], dx[lo:hi], coef, alpha, beta)
         elif mode == 3:
-            _bwd_clipped_relu(y, dy, x, dx, lo, hi, coef, alpha, beta)
+            _bwd_clipped_relu(y[lo:hi], dy[lo:hi], x[lo:hi], dx[lo:hi], coef, alpha, beta)
         elif mode == 4:
-            _bwd_elu(y, dy, x, dx, lo, hi, coef, alpha, beta)
+            _bwd_elu(y[lo:hi], dy[lo:hi], x[lo:hi], dx[lo:hi], coef, alpha, beta)
         elif mode == 5:
-            _bwd_swish(y, dy, x, dx, lo, hi, coef, alpha, beta)
+            _bwd_swish(y[lo:hi], dy[lo:hi], x[lo:hi], dx[lo:hi], coef, alpha, beta)
         else:
-            _bwd_identity(y, dy, x, dx, lo, hi, coef, alpha, beta)
+            _bwd_identity(y[lo:hi], dy[lo:hi], x[lo:hi], dx[lo:hi], coef, alpha, beta)
 
 
 _MODE_ID = {m: i for i, m in enumerate(MODES)}   # must match the dispatch above
 
 
 @register("cudnn.activation_forward", "numba")
+@quiet
 def activation_forward_numba(x, y, *, mode, coef=0.0, alpha=1.0, beta=0.0):
     """Same contract as the reference; parallel, computes in x's dtype (float16 as float32)."""
     coef, alpha, beta = _check(mode, coef, alpha, beta, [("x", x), ("y", y)])
@@ -342,6 +339,7 @@ def activation_forward_numba(x, y, *, mode, coef=0.0, alpha=1.0, beta=0.0):
 
 
 @register("cudnn.activation_backward", "numba")
+@quiet
 def activation_backward_numba(y, dy, x, dx, *, mode, coef=0.0, alpha=1.0, beta=0.0):
     """Same contract as the reference; parallel, computes in x's dtype (float16 as float32)."""
     coef, alpha, beta = _check(mode, coef, alpha, beta,

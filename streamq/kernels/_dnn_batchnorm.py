@@ -20,9 +20,13 @@ Blending: ``y = alpha*bn(x) + beta*y``; in backward ``dx`` uses
 (alpha_data, beta_data) and ``dscale``/``dbias`` use (alpha_param,
 beta_param); ``beta == 0`` never reads the output.
 
-numba: statistics per channel in float64 (per-plane two-pass, merged with
-Chan's formula, 8 independent partial sums so no fastmath is needed), then
-the affine apply for that channel while it is still in cache.
+numba: statistics in float64. Spatial planes of >= 256 values: per channel,
+per-plane two-pass sums (8 independent partial sums, so no fastmath is
+needed) merged with Chan's formula, then the affine apply for that channel
+while it is still in cache. Per-activation mode and smaller spatial planes:
+x viewed as (N, C*M) columns, two-pass column statistics in cache-sized
+blocks, merged per channel by the law of total variance, then one affine pass.
+Contract: ``docs/kernels/dnn.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import blend
-from ._dnn_common import JIT, JIT_PAR, check_array, check_choice, check_float, check_like, \
+from ._dnn_common import quiet, JIT, JIT_PAR, K, check_array, check_choice, check_float, check_like, \
     check_scalar, compute_dtype
 from .registry import register
 
@@ -153,6 +157,7 @@ def _param64(arr, mode, x):
 
 
 @register("cudnn.batch_norm_forward_training", "reference")
+@quiet
 def batch_norm_forward_training_reference(x, y, scale, bias, *, mode, epsilon,
                                           exponential_average_factor=1.0, running_mean=None,
                                           running_var=None, save_mean=None,
@@ -183,6 +188,7 @@ def _check_inference(x, y, scale, bias, mean, var, mode, epsilon, alpha, beta):
 
 
 @register("cudnn.batch_norm_forward_inference", "reference")
+@quiet
 def batch_norm_forward_inference_reference(x, y, scale, bias, estimated_mean,
                                            estimated_variance, *, mode, epsilon,
                                            alpha=1.0, beta=0.0):
@@ -196,6 +202,7 @@ def batch_norm_forward_inference_reference(x, y, scale, bias, estimated_mean,
 
 
 @register("cudnn.batch_norm_backward", "reference")
+@quiet
 def batch_norm_backward_reference(x, dy, dx, scale, dscale, dbias, *, mode, epsilon,
                                   saved_mean=None, saved_inv_variance=None, alpha_data=1.0,
                                   beta_data=0.0, alpha_param=1.0, beta_param=0.0):
@@ -288,7 +295,11 @@ def _channel_stats(x3, c):
 
 @njit(**JIT)
 def _apply_plane(xp, yp, a, b, alpha, beta):
-    """yp = alpha*(a*xp + b) + beta*yp over one contiguous run (beta == 0: yp not read)."""
+    """yp = alpha*(a*xp + b) + beta*yp over one contiguous run (beta == 0: yp not read).
+
+    Computed in the data dtype, as torch does (float32 lanes are twice as wide).
+    """
+    a, b, alpha, beta = K(a, yp), K(b, yp), K(alpha, yp), K(beta, yp)
     for i in range(yp.size):
         v = alpha * (a * xp[i] + b)
         if beta != 0:
@@ -324,10 +335,11 @@ def _affine(x3, y3, a2, b2, alpha, beta):
             yp = y3[n, k]
             ap = a2[k]
             bp = b2[k]
+            al, be = K(alpha, yp), K(beta, yp)
             for i in range(m_):
-                v = alpha * (ap[i] * xp[i] + bp[i])
-                if beta != 0:
-                    v += beta * yp[i]
+                v = al * (ap[i] * xp[i] + bp[i])
+                if be != 0:
+                    v += be * yp[i]
                 yp[i] = v
 
 
@@ -423,9 +435,29 @@ def _stage3(mode, arr, *, read=True):
     return staged, staged.reshape(shape)
 
 
-def _coef2(mode, *vectors):
-    """Per-statistic float64 vectors shaped (K, 1) (spatial) or (1, K) for the kernels."""
-    return [v.reshape(-1, 1) if mode == "spatial" else v.reshape(1, -1) for v in vectors]
+# Spatial planes smaller than this many values are processed like per-activation
+# columns: per-plane kernels would spend their time on loop overhead and on
+# N strided visits per channel, while column kernels stream x in order.
+_SMALL_PLANE = 256
+
+
+def _layout(mode, x):
+    """('planes', 1): per-channel kernels on the (N, C, M) view (spatial, M >= _SMALL_PLANE);
+    ('columns', rep): column kernels on the (N, 1, L) view, each statistic merging
+    ``rep`` adjacent columns (rep = M for small spatial planes, 1 per activation)."""
+    m = int(np.prod(x.shape[2:]))
+    if mode == "spatial" and m >= _SMALL_PLANE:
+        return "planes", 1
+    return "columns", (m if mode == "spatial" else 1)
+
+
+def _coef(layout, rep, *vectors, dtype=np.float64):
+    """Per-statistic vectors shaped for the kernels: (K, 1) per plane, or one (1, L)
+    row with each value repeated over its ``rep`` columns; cast to ``dtype`` (the
+    forward affine runs in the data dtype, the backward in float64)."""
+    if layout == "planes":
+        return [np.ascontiguousarray(v, dtype=dtype).reshape(-1, 1) for v in vectors]
+    return [np.repeat(v, rep).astype(dtype, copy=False).reshape(1, -1) for v in vectors]
 
 
 def _writeback(dst, staged):
@@ -433,55 +465,69 @@ def _writeback(dst, staged):
         np.copyto(dst, staged, casting="unsafe")
 
 
-def _stats_numba(mode, x3):
-    """Batch mean and biased variance (flat float64) from the (N, K, M) view."""
-    k = x3.shape[1] if mode == "spatial" else x3.shape[2]
-    mean, var = np.empty(k), np.empty(k)
-    if mode == "spatial":
+def _stats_numba(layout, rep, x3):
+    """Batch mean and biased variance (flat float64) of every statistic."""
+    if layout == "planes":
+        mean, var = np.empty(x3.shape[1]), np.empty(x3.shape[1])
         _spatial_forward(x3, x3, mean, mean, 0.0, 1.0, 0.0, mean, var, False)
-    else:
-        _feature_stats(x3[:, 0, :], mean, var)
-    return mean, var
+        return mean, var
+    mean, var = np.empty(x3.shape[2]), np.empty(x3.shape[2])
+    _feature_stats(x3[:, 0, :], mean, var)
+    if rep == 1:
+        return mean, var
+    # Merge each channel's rep columns (N values each): total variance = mean of
+    # the column variances + variance of the column means.
+    mc, vc = mean.reshape(-1, rep), var.reshape(-1, rep)
+    cmean = mc.mean(axis=1)
+    return cmean, vc.mean(axis=1) + ((mc - cmean[:, None]) ** 2).mean(axis=1)
 
 
 @register("cudnn.batch_norm_forward_training", "numba")
+@quiet
 def batch_norm_forward_training_numba(x, y, scale, bias, *, mode, epsilon,
                                       exponential_average_factor=1.0, running_mean=None,
                                       running_var=None, save_mean=None, save_inv_variance=None,
                                       alpha=1.0, beta=0.0):
-    """Same contract as the reference; spatial mode fuses stats and apply per channel."""
+    """Same contract as the reference; big spatial planes fuse stats and apply per channel."""
     factor, eps, alpha, beta = _check_training(
         x, y, scale, bias, mode, exponential_average_factor, running_mean, running_var,
         epsilon, save_mean, save_inv_variance, alpha, beta)
-    _, x3 = _stage3(mode, x)
-    ys, y3 = _stage3(mode, y, read=beta != 0)
+    layout, rep = _layout(mode, x)
+    view = "spatial" if layout == "planes" else "per_activation"
+    _, x3 = _stage3(view, x)
+    ys, y3 = _stage3(view, y, read=beta != 0)
     sc, bi = _flat64(scale), _flat64(bias)
-    if mode == "spatial":
+    if layout == "planes":
         mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
         _spatial_forward(x3, y3, sc, bi, eps, alpha, beta, mean, var, True)
     else:
-        mean, var = _stats_numba(mode, x3)
+        mean, var = _stats_numba(layout, rep, x3)
         a = sc / np.sqrt(var + eps)
-        _affine(x3, y3, *_coef2(mode, a, bi - mean * a), alpha, beta)
+        _affine(x3, y3, *_coef(layout, rep, a, bi - mean * a, dtype=x3.dtype), alpha, beta)
     _writeback(y, ys)
     _finish_training(mode, x, mean, var, factor, eps, running_mean, running_var,
                      save_mean, save_inv_variance)
 
 
 @register("cudnn.batch_norm_forward_inference", "numba")
+@quiet
 def batch_norm_forward_inference_numba(x, y, scale, bias, estimated_mean, estimated_variance,
                                        *, mode, epsilon, alpha=1.0, beta=0.0):
     """Same contract as the reference; one parallel affine pass."""
     eps, alpha, beta = _check_inference(x, y, scale, bias, estimated_mean, estimated_variance,
                                         mode, epsilon, alpha, beta)
-    _, x3 = _stage3(mode, x)
-    ys, y3 = _stage3(mode, y, read=beta != 0)
+    layout, rep = _layout(mode, x)
+    view = "spatial" if layout == "planes" else "per_activation"
+    _, x3 = _stage3(view, x)
+    ys, y3 = _stage3(view, y, read=beta != 0)
     a = _flat64(scale) / np.sqrt(_flat64(estimated_variance) + eps)
-    _affine(x3, y3, *_coef2(mode, a, _flat64(bias) - _flat64(estimated_mean) * a), alpha, beta)
+    _affine(x3, y3, *_coef(layout, rep, a, _flat64(bias) - _flat64(estimated_mean) * a,
+                           dtype=x3.dtype), alpha, beta)
     _writeback(y, ys)
 
 
 @register("cudnn.batch_norm_backward", "numba")
+@quiet
 def batch_norm_backward_numba(x, dy, dx, scale, dscale, dbias, *, mode, epsilon,
                               saved_mean=None, saved_inv_variance=None, alpha_data=1.0,
                               beta_data=0.0, alpha_param=1.0, beta_param=0.0):
@@ -490,25 +536,29 @@ def batch_norm_backward_numba(x, dy, dx, scale, dscale, dbias, *, mode, epsilon,
         x, dy, dx, scale, dscale, dbias, mode, epsilon, saved_mean, saved_inv_variance,
         [("alpha_data", alpha_data), ("beta_data", beta_data),
          ("alpha_param", alpha_param), ("beta_param", beta_param)])
-    _, x3 = _stage3(mode, x)
-    _, g3 = _stage3(mode, dy)
-    dxs, o3 = _stage3(mode, dx, read=b_d != 0)
+    layout, rep = _layout(mode, x)
+    view = "spatial" if layout == "planes" else "per_activation"
+    _, x3 = _stage3(view, x)
+    _, g3 = _stage3(view, dy)
+    dxs, o3 = _stage3(view, dx, read=b_d != 0)
     if saved_mean is None:
-        mean, var = _stats_numba(mode, x3)
+        mean, var = _stats_numba(layout, rep, x3)
         inv = 1.0 / np.sqrt(var + eps)
     else:
         mean, inv = _flat64(saved_mean), _flat64(saved_inv_variance)
-    sum_dy, sum_dy_xmu = np.empty_like(mean), np.empty_like(mean)
-    if mode == "spatial":
+    if layout == "planes":
+        sum_dy, sum_dy_xmu = np.empty_like(mean), np.empty_like(mean)
         _spatial_backward_sums(x3, g3, mean, sum_dy, sum_dy_xmu)
     else:
-        _feature_backward_sums(x3[:, 0, :], g3[:, 0, :], mean, sum_dy, sum_dy_xmu)
+        s1, s2 = np.empty(x3.shape[2]), np.empty(x3.shape[2])
+        _feature_backward_sums(x3[:, 0, :], g3[:, 0, :], np.repeat(mean, rep), s1, s2)
+        sum_dy, sum_dy_xmu = s1.reshape(-1, rep).sum(axis=1), s2.reshape(-1, rep).sum(axis=1)
     m = _count(mode, x)
     g_scale = sum_dy_xmu * inv
     ca = _flat64(scale) * inv                   # dx = ca*dy + cb*x + cc
     cb = -ca * inv * inv * sum_dy_xmu / m
     cc = -ca * sum_dy / m - cb * mean
-    _backward_apply(x3, g3, o3, *_coef2(mode, ca, cb, cc), a_d, b_d)
+    _backward_apply(x3, g3, o3, *_coef(layout, rep, ca, cb, cc), a_d, b_d)
     _writeback(dx, dxs)
     blend(dscale, g_scale.reshape(dscale.shape), a_p, b_p)
     blend(dbias, sum_dy.reshape(dbias.shape), a_p, b_p)

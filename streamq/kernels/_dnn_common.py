@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -29,16 +31,62 @@ from numba.extending import intrinsic, overload
 from ._common import check_array, check_float
 
 __all__ = [
-    "JIT", "JIT_PAR", "K", "vexp", "vexpm1", "vtanh",
+    "JIT", "JIT_PAR", "K", "quiet", "serial_below", "SERIAL_BELOW", "vexp", "vexpm1", "vtanh",
     "check_array", "check_float", "check_like", "check_scalar", "check_choice",
     "compute_dtype", "real_scalar",
 ]
+
+# numba's "omp" threading layer runs on libgomp, which on small VMs throttles
+# its idle spin to ~1000 iterations: every parallel kernel launch then waits
+# for futex wake-ups of the worker threads (0.7 ms per launch measured on the
+# 2-core benchmark machine, against 2-3 us with a bounded spin). Setting
+# GOMP_SPINCOUNT explicitly lifts the throttle; 30000 spins (tens of us) keeps
+# back-to-back launches cheap without busy-waiting forever as
+# OMP_WAIT_POLICY=active would. libgomp reads it when numba first loads the
+# threading layer (the first parallel call), so it must be set before that;
+# a value already in the environment wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 # Every numba kernel in these modules uses one of these two option sets.
 # error_model="numpy": float division by zero gives inf/nan instead of a
 # Python exception check, which otherwise blocks vectorisation.
 JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 JIT_PAR = dict(JIT, parallel=True)
+
+#: Work below this many elements runs its parallel kernel on the calling thread
+#: alone, as torch does below its 32 Ki grain: waking the pool costs more than the
+#: work, and under CPU contention a wake-up can take milliseconds.
+SERIAL_BELOW = 1 << 15
+
+
+class serial_below:
+    """``with serial_below(n):`` numba kernels launched in the block use one thread
+    when ``n < SERIAL_BELOW`` (numba's thread count is per calling thread; the
+    previous count is restored on exit)."""
+
+    __slots__ = ("_small", "_prev")
+
+    def __init__(self, n: int):
+        self._small = n < SERIAL_BELOW
+
+    def __enter__(self):
+        if self._small:
+            self._prev = numba.get_num_threads()
+            if self._prev > 1:
+                numba.set_num_threads(1)
+            else:
+                self._small = False
+        return self
+
+    def __exit__(self, *exc):
+        if self._small:
+            numba.set_num_threads(self._prev)
+        return False
+
+
+#: Decorator for the float64 reference kernels: IEEE results (NaN/inf) come out
+#: silently, as on the GPU, without numpy RuntimeWarnings for the user's data.
+quiet = np.errstate(all="ignore")
 
 
 # --------------------------------------------------------------------------
@@ -93,15 +141,23 @@ def _f64_from_bits(typingctx, bits):
 _F32 = np.float32
 
 
+@intrinsic
+def _sel(typingctx, cond, a, b):
+    """``a if cond else b`` as one LLVM select: no branch, so loops around it vectorise."""
+    if cond != types.boolean or a != b:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(*args)
+    return a(cond, a, b), codegen
+
+
 @njit(**JIT)
 def _exp32(x):
-    # exp(x) = 2**n * exp(r), |r| <= ln2/2; Cephes expf polynomial.
+    # exp(x) = 2**n * exp(r), |r| <= ln2/2; Cephes expf polynomial. Branch-free.
     big = x > _F32(88.3)
     tiny = x < _F32(-87.3)
-    if big:
-        x = _F32(88.3)
-    if tiny:
-        x = _F32(-87.3)
+    x = _sel(big, _F32(88.3), _sel(tiny, _F32(-87.3), x))
     n = np.floor(_fma(x, _F32(1.4426950408889634), _F32(0.5)))
     r = _fma(n, _F32(-0.693359375), x)
     r = _fma(n, _F32(2.12194440e-4), r)
@@ -113,21 +169,14 @@ def _exp32(x):
     p = _fma(p, r, _F32(5.0000001201e-1))
     p = _fma(p, r * r, r + _F32(1.0))
     e = p * _f32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
-    if big:
-        e = _F32(np.inf)
-    if tiny:
-        e = _F32(0.0)
-    return e
+    return _sel(big, _F32(np.inf), _sel(tiny, _F32(0.0), e))
 
 
 @njit(**JIT)
 def _exp64(x):
     big = x > 709.0
     tiny = x < -708.3
-    if big:
-        x = 709.0
-    if tiny:
-        x = -708.3
+    x = _sel(big, 709.0, _sel(tiny, -708.3, x))
     n = np.floor(_fma(x, 1.4426950408889634, 0.5))
     r = _fma(n, -6.93147180369123816490e-01, x)
     r = _fma(n, -1.90821492927058770002e-10, r)
@@ -146,11 +195,7 @@ def _exp64(x):
     p = _fma(p, r, 0.5)
     p = _fma(p, r * r, r + 1.0)
     e = p * _f64_from_bits(np.int64((np.int64(n) + np.int64(1023)) << np.int64(52)))
-    if big:
-        e = np.inf
-    if tiny:
-        e = 0.0
-    return e
+    return _sel(big, np.inf, _sel(tiny, 0.0, e))
 
 
 def vexp(x):
@@ -179,7 +224,7 @@ def _expm1_32(x):
     p = _fma(p, x, _F32(0.5))
     small = _fma(p * x, x, x)
     large = _exp32(x) - _F32(1.0)
-    return small if abs(x) < _F32(0.35) else large
+    return _sel(abs(x) < _F32(0.35), small, large)
 
 
 @njit(**JIT)
@@ -199,7 +244,7 @@ def _expm1_64(x):
     p = _fma(p, x, 0.5)
     small = _fma(p * x, x, x)
     large = _exp64(x) - 1.0
-    return small if abs(x) < 0.35 else large
+    return _sel(abs(x) < 0.35, small, large)
 
 
 def vexpm1(x):
@@ -228,8 +273,8 @@ def _tanh32(x):
     p = _fma(p, z, _F32(-3.33332819422e-1))
     small = _fma(p * z, x, x)
     t = _F32(1.0) - _F32(2.0) / (_exp32(a + a) + _F32(1.0))
-    large = t if x >= _F32(0.0) else -t
-    return small if a < _F32(0.625) else large
+    large = _sel(x >= _F32(0.0), t, -t)
+    return _sel(a < _F32(0.625), small, large)
 
 
 @njit(**JIT)
@@ -242,8 +287,8 @@ def _tanh64(x):
              z, 4.84406305325125486048e3)
     small = _fma(z * p / q, x, x)
     t = 1.0 - 2.0 / (_exp64(a + a) + 1.0)
-    large = t if x >= 0.0 else -t
-    return small if a < 0.625 else large
+    large = _sel(x >= 0.0, t, -t)
+    return _sel(a < 0.625, small, large)
 
 
 def vtanh(x):

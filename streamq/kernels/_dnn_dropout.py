@@ -23,7 +23,7 @@ import numbers
 import numpy as np
 from numba import njit, prange
 
-from ._dnn_common import JIT, JIT_PAR, check_array, check_float, check_like, check_scalar, \
+from ._dnn_common import quiet, JIT, JIT_PAR, check_array, check_float, check_like, check_scalar, \
     compute_dtype
 from .registry import register
 
@@ -106,6 +106,7 @@ def keep_mask_reference(size: int, seed: int, offset: int, dropout: float) -> np
 
 
 @register("cudnn.dropout_forward", "reference")
+@quiet
 def dropout_forward_reference(x, y, reserve, *, dropout, seed, offset=0):
     """``y = keep ? x/(1-p) : 0``, ``reserve = keep`` (see module doc for the mask)."""
     flat_reserve, p, seed, offset = _check_forward(x, y, reserve, dropout, seed, offset)
@@ -115,6 +116,7 @@ def dropout_forward_reference(x, y, reserve, *, dropout, seed, offset=0):
 
 
 @register("cudnn.dropout_backward", "reference")
+@quiet
 def dropout_backward_reference(dy, dx, reserve, *, dropout):
     """``dx = reserve ? dy/(1-p) : 0``."""
     flat_reserve, p = _check_backward(dy, dx, reserve, dropout)
@@ -162,6 +164,7 @@ def _flat_out(a, cdt, *, read):
 
 
 @register("cudnn.dropout_forward", "numba")
+@quiet
 def dropout_forward_numba(x, y, reserve, *, dropout, seed, offset=0):
     """Same contract and bit-identical mask as the reference; parallel."""
     flat_reserve, p, seed, offset = _check_forward(x, y, reserve, dropout, seed, offset)
@@ -176,6 +179,7 @@ def dropout_forward_numba(x, y, reserve, *, dropout, seed, offset=0):
 
 
 @register("cudnn.dropout_backward", "numba")
+@quiet
 def dropout_backward_numba(dy, dx, reserve, *, dropout):
     """Same contract as the reference; parallel."""
     flat_reserve, p = _check_backward(dy, dx, reserve, dropout)

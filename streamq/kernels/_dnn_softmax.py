@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import blend
-from ._dnn_common import JIT, JIT_PAR, check_array, check_choice, check_float, check_like, \
+from ._dnn_common import quiet, JIT, JIT_PAR, check_array, check_choice, check_float, check_like, \
     check_scalar, compute_dtype, vexp
 from ._dnn_batchnorm import _sum8
 from .registry import register
@@ -58,6 +58,7 @@ def _axes(mode, a):
 # --------------------------------------------------------------------------
 
 @register("cudnn.softmax_forward", "reference")
+@quiet
 def softmax_forward_reference(x, y, *, algorithm, mode, alpha=1.0, beta=0.0):
     """``y = alpha * softmax(x) + beta * y`` (or log-softmax), over ``mode``'s axes."""
     alpha, beta = _check(algorithm, mode, alpha, beta, [("x", x), ("y", y)])
@@ -70,6 +71,7 @@ def softmax_forward_reference(x, y, *, algorithm, mode, alpha=1.0, beta=0.0):
 
 
 @register("cudnn.softmax_backward", "reference")
+@quiet
 def softmax_backward_reference(y, dy, dx, *, algorithm, mode, alpha=1.0, beta=0.0):
     """``dx = alpha * dL/dx + beta * dx`` from the forward output ``y`` and ``dy``."""
     alpha, beta = _check(algorithm, mode, alpha, beta, [("y", y), ("dy", dy), ("dx", dx)])
@@ -88,32 +90,46 @@ def softmax_backward_reference(y, dy, dx, *, algorithm, mode, alpha=1.0, beta=0.
 
 @njit(**JIT)
 def _max8(v):
-    """Max of a 1-D array with 8 partial maxima; NaN if any element is NaN."""
-    m = np.full(8, v[0])
+    """Max of a 1-D array with 8 partial maxima in registers; NaN if any element is NaN."""
     n8 = v.size - v.size % 8
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = v[0]
     for i in range(0, n8, 8):
-        for j in range(8):
-            e = v[i + j]
-            m[j] = e if (e > m[j] or e != e) else m[j]
-    out = m[0]
-    for j in range(1, 8):
-        out = m[j] if (m[j] > out or m[j] != m[j]) else out
+        e0, e1, e2, e3 = v[i], v[i + 1], v[i + 2], v[i + 3]
+        e4, e5, e6, e7 = v[i + 4], v[i + 5], v[i + 6], v[i + 7]
+        m0 = e0 if (e0 > m0) | (e0 != e0) else m0
+        m1 = e1 if (e1 > m1) | (e1 != e1) else m1
+        m2 = e2 if (e2 > m2) | (e2 != e2) else m2
+        m3 = e3 if (e3 > m3) | (e3 != e3) else m3
+        m4 = e4 if (e4 > m4) | (e4 != e4) else m4
+        m5 = e5 if (e5 > m5) | (e5 != e5) else m5
+        m6 = e6 if (e6 > m6) | (e6 != e6) else m6
+        m7 = e7 if (e7 > m7) | (e7 != e7) else m7
     for i in range(n8, v.size):
         e = v[i]
-        out = e if (e > out or e != e) else out
+        m0 = e if (e > m0) | (e != e) else m0
+    out = m0
+    for m in (m1, m2, m3, m4, m5, m6, m7):
+        out = m if (m > out) | (m != m) else out
     return out
 
 
 @njit(**JIT)
 def _dot8(u, v):
-    s = np.zeros(8)
+    """sum(u * v) in float64 with 8 independent partial sums."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
     n8 = u.size - u.size % 8
     for i in range(0, n8, 8):
-        for j in range(8):
-            s[j] += np.float64(u[i + j]) * v[i + j]
+        s0 += np.float64(u[i]) * v[i]
+        s1 += np.float64(u[i + 1]) * v[i + 1]
+        s2 += np.float64(u[i + 2]) * v[i + 2]
+        s3 += np.float64(u[i + 3]) * v[i + 3]
+        s4 += np.float64(u[i + 4]) * v[i + 4]
+        s5 += np.float64(u[i + 5]) * v[i + 5]
+        s6 += np.float64(u[i + 6]) * v[i + 6]
+        s7 += np.float64(u[i + 7]) * v[i + 7]
     for i in range(n8, u.size):
-        s[0] += np.float64(u[i]) * v[i]
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+        s0 += np.float64(u[i]) * v[i]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 @njit(**JIT)
@@ -251,6 +267,7 @@ def _view3(mode, a, *, read=True):
 
 
 @register("cudnn.softmax_forward", "numba")
+@quiet
 def softmax_forward_numba(x, y, *, algorithm, mode, alpha=1.0, beta=0.0):
     """Same contract as the reference; parallel over softmax groups."""
     alpha, beta = _check(algorithm, mode, alpha, beta, [("x", x), ("y", y)])
@@ -269,6 +286,7 @@ def softmax_forward_numba(x, y, *, algorithm, mode, alpha=1.0, beta=0.0):
 
 
 @register("cudnn.softmax_backward", "numba")
+@quiet
 def softmax_backward_numba(y, dy, dx, *, algorithm, mode, alpha=1.0, beta=0.0):
     """Same contract as the reference; parallel over softmax groups."""
     alpha, beta = _check(algorithm, mode, alpha, beta, [("y", y), ("dy", dy), ("dx", dx)])

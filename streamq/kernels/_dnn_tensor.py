@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import blend
-from ._dnn_common import JIT, JIT_PAR, K, check_array, check_choice, check_float, check_like, \
+from ._dnn_common import quiet, JIT, JIT_PAR, K, check_array, check_choice, check_float, check_like, \
     check_scalar, compute_dtype
 from .registry import register
 
@@ -83,6 +83,7 @@ def _check_op_tensor(op, a, b, c, alpha1, alpha2, beta):
 
 
 @register("cudnn.add_tensor", "reference")
+@quiet
 def add_tensor_reference(a, c, *, alpha, beta):
     """``c = alpha*a + beta*c`` with ``a`` broadcast to ``c`` (cuDNN's rule)."""
     _check_out("c", c)
@@ -92,6 +93,7 @@ def add_tensor_reference(a, c, *, alpha, beta):
 
 
 @register("cudnn.op_tensor", "reference")
+@quiet
 def op_tensor_reference(op, a, b, c, *, alpha1, alpha2, beta):
     """``c = op(alpha1*a, alpha2*b) + beta*c`` (see the module doc for ops)."""
     alpha1, alpha2, beta = _check_op_tensor(op, a, b, c, alpha1, alpha2, beta)
@@ -108,6 +110,7 @@ def _check_transform(x, y, alpha, beta):
 
 
 @register("cudnn.transform_tensor", "reference")
+@quiet
 def transform_tensor_reference(x, y, *, alpha=1.0, beta=0.0):
     """``y = alpha*x + beta*y`` elementwise by logical index, whatever the layouts."""
     alpha, beta = _check_transform(x, y, alpha, beta)
@@ -115,6 +118,7 @@ def transform_tensor_reference(x, y, *, alpha=1.0, beta=0.0):
 
 
 @register("cudnn.scale_tensor", "reference")
+@quiet
 def scale_tensor_reference(y, alpha):
     """``y = alpha * y`` in place (rounded once from float64)."""
     _check_out("y", y)
@@ -123,6 +127,7 @@ def scale_tensor_reference(y, alpha):
 
 
 @register("cudnn.set_tensor", "reference")
+@quiet
 def set_tensor_reference(y, value):
     """Every element of ``y`` = ``value`` (rounded to y's dtype)."""
     _check_out("y", y)
@@ -134,30 +139,45 @@ def set_tensor_reference(y, value):
 # numba
 # --------------------------------------------------------------------------
 
-@njit(inline="always", **JIT)
-def _apply(op, u, v):
+@njit(**JIT)
+def _op_values(op, a, b, alpha1, alpha2, dst):
+    """dst[i] = op(alpha1*a[i], alpha2*b[i]) over equal-length contiguous runs.
+
+    The op is chosen outside the element loops, so each loop vectorises.
+    """
     if op == 0:
-        return u + v
+        for i in range(dst.size):
+            dst[i] = alpha1 * a[i] + alpha2 * b[i]
     elif op == 1:
-        return u * v
-    elif op == 2:
-        return u if (u < v or u != u) else v          # NaN-propagating min
-    elif op == 3:
-        return u if (u > v or u != u) else v
+        for i in range(dst.size):
+            dst[i] = (alpha1 * a[i]) * (alpha2 * b[i])
+    elif op == 2:                                   # NaN-propagating min
+        for i in range(dst.size):
+            u, v = alpha1 * a[i], alpha2 * b[i]
+            dst[i] = u if (u < v) | (u != u) else v
+    elif op == 3:                                   # NaN-propagating max
+        for i in range(dst.size):
+            u, v = alpha1 * a[i], alpha2 * b[i]
+            dst[i] = u if (u > v) | (u != u) else v
     elif op == 4:
-        return np.sqrt(u)
+        for i in range(dst.size):
+            dst[i] = np.sqrt(alpha1 * a[i])
     elif op == 5:
-        return K(1.0, u) - u
-    return u
+        for i in range(dst.size):
+            dst[i] = K(1.0, dst) - alpha1 * a[i]
+    else:                                           # _COPY: add_tensor's alpha*a
+        for i in range(dst.size):
+            dst[i] = alpha1 * a[i]
 
 
 @njit(**JIT_PAR)
 def _rows_kernel(op, a, a_off, a_full, b, b_off, b_full, c, inner, alpha1, alpha2, beta):
     """c[r*inner + l] = op(alpha1*a[..], alpha2*b[..]) + beta*c[..] for every row r.
 
-    An input is read at ``off[r] + l`` when ``full`` else at ``off[r]``.
-    Rows are split into chunks of _CHUNK so a single huge row still runs in
-    parallel.
+    An input is read at ``off[r] + l`` when ``full`` else at ``off[r]`` (a
+    broadcast scalar, expanded into a chunk-sized buffer). Rows are split
+    into chunks of _CHUNK so a single huge row still runs in parallel;
+    ``beta == 0`` never reads c.
     """
     rows = a_off.size
     per_row = (inner + _CHUNK - 1) // _CHUNK
@@ -165,36 +185,19 @@ def _rows_kernel(op, a, a_off, a_full, b, b_off, b_full, c, inner, alpha1, alpha
         r = t // per_row
         l0 = (t % per_row) * _CHUNK
         l1 = min(l0 + _CHUNK, inner)
-        base = r * inner
+        n = l1 - l0
         ao = a_off[r]
         bo = b_off[r]
-        if a_full and b_full:
-            for l in range(l0, l1):
-                v = _apply(op, alpha1 * a[ao + l], alpha2 * b[bo + l])
-                if beta != 0:
-                    v += beta * c[base + l]
-                c[base + l] = v
-        elif a_full:
-            bv = alpha2 * b[bo]
-            for l in range(l0, l1):
-                v = _apply(op, alpha1 * a[ao + l], bv)
-                if beta != 0:
-                    v += beta * c[base + l]
-                c[base + l] = v
-        elif b_full:
-            av = alpha1 * a[ao]
-            for l in range(l0, l1):
-                v = _apply(op, av, alpha2 * b[bo + l])
-                if beta != 0:
-                    v += beta * c[base + l]
-                c[base + l] = v
+        av = a[ao + l0:ao + l1] if a_full else np.full(n, a[ao])
+        bv = b[bo + l0:bo + l1] if b_full else np.full(n, b[bo])
+        cv = c[r * inner + l0:r * inner + l1]
+        if beta == 0:
+            _op_values(op, av, bv, alpha1, alpha2, cv)
         else:
-            w = _apply(op, alpha1 * a[ao], alpha2 * b[bo])
-            for l in range(l0, l1):
-                v = w
-                if beta != 0:
-                    v += beta * c[base + l]
-                c[base + l] = v
+            tmp = np.empty(n, c.dtype)
+            _op_values(op, av, bv, alpha1, alpha2, tmp)
+            for i in range(n):
+                cv[i] = tmp[i] + beta * cv[i]
 
 
 def _split(out_shape, inputs):
@@ -251,6 +254,7 @@ def _run_rows(op, a, b, c, alpha1, alpha2, beta):
 
 
 @register("cudnn.add_tensor", "numba")
+@quiet
 def add_tensor_numba(a, c, *, alpha, beta):
     """Same contract as the reference; parallel, unit-stride inner loops."""
     _check_out("c", c)
@@ -260,6 +264,7 @@ def add_tensor_numba(a, c, *, alpha, beta):
 
 
 @register("cudnn.op_tensor", "numba")
+@quiet
 def op_tensor_numba(op, a, b, c, *, alpha1, alpha2, beta):
     """Same contract as the reference; parallel, unit-stride inner loops."""
     alpha1, alpha2, beta = _check_op_tensor(op, a, b, c, alpha1, alpha2, beta)
@@ -292,6 +297,7 @@ def _transform_nd(x, y, alpha, beta):
 
 
 @register("cudnn.transform_tensor", "numba")
+@quiet
 def transform_tensor_numba(x, y, *, alpha=1.0, beta=0.0):
     """Same contract as the reference; strided parallel copy with blending."""
     alpha, beta = _check_transform(x, y, alpha, beta)
@@ -319,6 +325,7 @@ def _fill_flat(y, value):
 
 
 @register("cudnn.scale_tensor", "numba")
+@quiet
 def scale_tensor_numba(y, alpha):
     """``y = alpha * y``; parallel when y is C-contiguous float32/64, else numpy."""
     _check_out("y", y)
@@ -331,6 +338,7 @@ def scale_tensor_numba(y, alpha):
 
 
 @register("cudnn.set_tensor", "numba")
+@quiet
 def set_tensor_numba(y, value):
     """Fill ``y`` with ``value``; parallel when y is C-contiguous float32/64, else numpy."""
     _check_out("y", y)

@@ -16,7 +16,7 @@ preallocated ``out=`` (or the op's named outputs) whose shape and dtype are
 checked (ValueError/TypeError naming the parameter) and which is returned;
 ``*_`` variants write into ``self``. No kernel reads or writes out of bounds:
 every size and index is validated before any numba kernel runs. The full
-contract of each op is in ``docs/kernels/aten.md``.
+contract of each op is in ``docs/kernels/aten_ops.md``.
 """
 
 from __future__ import annotations

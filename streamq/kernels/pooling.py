@@ -2,14 +2,17 @@
 
 Layout NCHW. ``x`` is (N, C, H, W); ``y``/``dy`` are (N, C, P, Q) with cuDNN's
 output size ``P = (H + 2*ph - R) // sh + 1``, ``Q = (W + 2*pw - S) // sw + 1``
-(checked, never inferred). ``window=(R, S)``, ``pad=(ph, pw)`` with
-``0 <= pad < window``, ``stride=(sh, sw) >= 1``; the window may not exceed the
-padded input. All arrays share one float dtype (float16/32/64); any strides.
+(checked, never inferred). ``window=(R, S) >= 1``, ``pad=(ph, pw) >= 0`` (any
+size, as cuDNN: padding may exceed the window), ``stride=(sh, sw) >= 1`` (may
+exceed the window); the window may not exceed the padded input (P, Q >= 1).
+All arrays share one float dtype (float16/32/64); any strides.
 
 Modes (cuDNN's): ``"max"`` (``"max_deterministic"`` is an alias),
 ``"average_count_include_padding"`` (divide by R*S) and
 ``"average_count_exclude_padding"`` (divide by the in-bounds count). Padded
-positions never win a max and add 0 to an average.
+positions never win a max and add 0 to an average. A window lying wholly in
+the padding (possible when pad >= window) has max = the dtype's lowest finite
+value (cuDNN's -FLT_MAX), average 0 in both modes, and passes no gradient.
 
 NaN (CUDNN_PROPAGATE_NAN, as PyTorch): a window holding a NaN has max NaN.
 Backward max sends each ``dy`` to one input, the *first* maximum in row-major
@@ -19,8 +22,9 @@ windows accumulate.
 
 Blending: ``y = alpha*pool(x) + beta*y``, ``dx = alpha*grad + beta*dx``; with
 ``beta == 0`` the output is not read. Providers: ``reference`` (float64 numpy,
-rounded once) and ``numba`` (parallel over N*C planes; float accumulation in
-float64, float16 computed via float32).
+rounded once) and ``numba`` (separable row/column passes per plane, parallel
+over N*C planes; sums in float64, float16 computed via float32). Full
+contract: ``docs/kernels/pooling.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import blend
-from ._dnn_common import JIT_PAR, check_array, check_choice, check_float, check_like, \
+from ._dnn_common import quiet, JIT, JIT_PAR, check_array, check_choice, check_float, \
     check_scalar, compute_dtype
 from .registry import register
 
@@ -74,9 +78,6 @@ def _check(mode, window, pad, stride, alpha, beta, x, outs):
     window = _pair("window", window, minimum=1)
     pad = _pair("pad", pad, minimum=0)
     stride = _pair("stride", stride, minimum=1)
-    if pad[0] >= window[0] or pad[1] >= window[1]:
-        raise ValueError(f"pad must be smaller than window in each dimension, got pad={pad}, "
-                         f"window={window}")
     alpha = check_scalar("alpha", alpha)
     beta = check_scalar("beta", beta)
     check_array("x", x, ndim=4)
@@ -123,7 +124,8 @@ def _avg_divisor(mode_id, x_shape, window, pad, stride):
 
 
 def _max_selection(x64, window, pad, stride):
-    """Per window: max value and the flat offset r*S+s of the first maximum (or first NaN)."""
+    """Per window: max value, flat offset r*S+s of the first maximum (or first NaN), and
+    whether the window holds any input element at all."""
     best = sel = None
     for k, (rows, cols, valid) in enumerate(_window_offsets(x64.shape, window, pad, stride)):
         v = x64[:, :, rows[:, None], cols[None, :]]
@@ -137,10 +139,11 @@ def _max_selection(x64, window, pad, stride):
         best = np.where(better, v, best)
         sel = np.where(better, k, sel)
         have |= valid
-    return best, sel
+    return best, sel, have
 
 
 @register("cudnn.pooling_forward", "reference")
+@quiet
 def pooling_forward_reference(x, y, *, mode, window, pad=(0, 0), stride=(1, 1),
                               alpha=1.0, beta=0.0):
     """``y = alpha * pool(x) + beta * y`` (NCHW; see the module doc for the contract)."""
@@ -148,16 +151,22 @@ def pooling_forward_reference(x, y, *, mode, window, pad=(0, 0), stride=(1, 1),
         mode, window, pad, stride, alpha, beta, x, [("y", y, "y")])
     x64 = x.astype(np.float64)
     if mode_id == _MAX:
-        value, _ = _max_selection(x64, window, pad, stride)
+        value, _, have = _max_selection(x64, window, pad, stride)
+        value = np.where(have, value, np.finfo(x.dtype).min)   # all-padding windows
+        with np.errstate(over="ignore"):                           # alpha * lowest: -inf
+            blend(y, value, alpha, beta)
+        return
     else:
         total = 0.0
         for rows, cols, valid in _window_offsets(x.shape, window, pad, stride):
             total = total + np.where(valid, x64[:, :, rows[:, None], cols[None, :]], 0.0)
-        value = total / _avg_divisor(mode_id, x.shape, window, pad, stride)
+        div = np.broadcast_to(_avg_divisor(mode_id, x.shape, window, pad, stride), y.shape)
+        value = np.divide(total, div, out=np.zeros(y.shape), where=div > 0)
     blend(y, value, alpha, beta)
 
 
 @register("cudnn.pooling_backward", "reference")
+@quiet
 def pooling_backward_reference(y, dy, x, dx, *, mode, window, pad=(0, 0), stride=(1, 1),
                                alpha=1.0, beta=0.0):
     """``dx = alpha * dL/dx + beta * dx`` given ``dy = dL/dy`` (y is not read)."""
@@ -167,10 +176,11 @@ def pooling_backward_reference(y, dy, x, dx, *, mode, window, pad=(0, 0), stride
     dy64 = dy.astype(np.float64)
     grad = np.zeros(x.shape, dtype=np.float64)
     if mode_id == _MAX:
-        _, sel = _max_selection(x.astype(np.float64), window, pad, stride)
+        _, sel, _ = _max_selection(x.astype(np.float64), window, pad, stride)
         share = [np.where(sel == k, dy64, 0.0) for k in range(window[0] * window[1])]
     else:
-        g = dy64 / _avg_divisor(mode_id, x.shape, window, pad, stride)
+        div = np.broadcast_to(_avg_divisor(mode_id, x.shape, window, pad, stride), dy.shape)
+        g = np.divide(dy64, div, out=np.zeros(dy.shape), where=div > 0)
         share = [g] * (window[0] * window[1])
     for k, (rows, cols, valid) in enumerate(_window_offsets(x.shape, window, pad, stride)):
         contrib = np.where(valid, share[k], 0.0)
@@ -181,123 +191,346 @@ def pooling_backward_reference(y, dy, x, dx, *, mode, window, pad=(0, 0), stride
 
 
 # --------------------------------------------------------------------------
-# numba
+# numba: separable passes per (n, c) plane, parallel over the N*C planes
 # --------------------------------------------------------------------------
+# A window is a rectangle, so its max (or sum) is the max (sum) over its rows
+# of the per-row maxima (sums) over its columns. The row pass reduces each
+# input row at stride 1 over the window columns (unit-stride, branch-free
+# loops that vectorise) and keeps every sw-th window start in tmp[h, q]; the
+# column pass reduces tmp's rows over each output row's window rows,
+# vectorised along q. Max comparisons run in the data dtype, sums in float64
+# (the row pass sums at most S terms in the data dtype first). The backward
+# max finds the winner -- the first element of the window, in row-major
+# order, equal to the window's max (or the first NaN) -- by a short scan.
+
+@njit(**JIT)
+def _op(mode, m, v):
+    """One reduction step: NaN-sticky max, or sum."""
+    if mode == _MAX:
+        return v if (v > m) | (v != v) else m
+    return m + v
+
+
+@njit(**JIT)
+def _max_terms(dst, a, b, c, count):
+    """dst[k] = NaN-sticky max of a[k], b[k] (count >= 2), c[k] (count >= 3)."""
+    if count == 1:
+        for k in range(dst.size):
+            dst[k] = a[k]
+    elif count == 2:
+        for k in range(dst.size):
+            u, v = a[k], b[k]
+            dst[k] = v if (v > u) | (v != v) else u
+    else:
+        for k in range(dst.size):
+            u, v, w = a[k], b[k], c[k]
+            u = v if (v > u) | (v != v) else u
+            dst[k] = w if (w > u) | (w != w) else u
+
+
+@njit(**JIT)
+def _sum_terms(dst, a, b, c, count):
+    """dst[k] = a[k] + b[k] (count >= 2) + c[k] (count >= 3)."""
+    if count == 1:
+        for k in range(dst.size):
+            dst[k] = a[k]
+    elif count == 2:
+        for k in range(dst.size):
+            dst[k] = a[k] + b[k]
+    else:
+        for k in range(dst.size):
+            dst[k] = a[k] + b[k] + c[k]
+
+
+@njit(**JIT)
+def _reduce_window(mode, src, start, step, count, dst):
+    """dst[k] = op over i < count of src[start + i*step + k] (count >= 1).
+
+    Up to three terms are combined without reading dst, in loops free of
+    branches on ``mode`` (so LLVM vectorises them); wider windows add a
+    read-modify-write loop per extra term.
+    """
+    n = dst.size
+    a = src[start:start + n]
+    b = src[start + step:start + step + n] if count >= 2 else a
+    c = src[start + 2 * step:start + 2 * step + n] if count >= 3 else a
+    if mode == _MAX:
+        _max_terms(dst, a, b, c, min(count, 3))
+        for i in range(3, count):
+            e = src[start + i * step:start + i * step + n]
+            for k in range(n):
+                u, v = dst[k], e[k]
+                dst[k] = v if (v > u) | (v != v) else u
+    else:
+        _sum_terms(dst, a, b, c, min(count, 3))
+        for i in range(3, count):
+            e = src[start + i * step:start + i * step + n]
+            for k in range(n):
+                dst[k] += e[k]
+
+
+@njit(**JIT)
+def _row_pass(xp, tmp, full, mode, s_, pw, sw):
+    """tmp[h, q] = max (or sum) of row h over window q's in-bounds columns (-inf / 0 if none)."""
+    h_, w_ = xp.shape
+    q_ = tmp.shape[1]
+    nj = full.size                 # window starts at stride 1: window q starts at j = q * sw
+    init = -np.inf if mode == _MAX else 0.0
+    jlo = min(pw, nj)              # [jlo, jhi): windows whose S columns all lie in the row
+    jhi = max(jlo, min(nj, w_ + pw - s_ + 1))
+    for h in range(h_):
+        row = xp[h]
+        if jhi > jlo:
+            _reduce_window(mode, row, jlo - pw, 1, s_, full[jlo:jhi])
+        for j in range(nj - (jhi - jlo)):     # windows clipped by the padding
+            j = j if j < jlo else j + (jhi - jlo)
+            m = full.dtype.type(init)
+            for c in range(max(j - pw, 0), min(j - pw + s_, w_)):
+                m = _op(mode, m, row[c])
+            full[j] = m
+        t = tmp[h]
+        for q in range(q_):
+            t[q] = full[q * sw]
+
+
+@njit(**JIT)
+def _column_pass(mode, tmp, acc, hs, he):
+    """acc[q] = max (or sum) of tmp[hs:he, q]; -inf (0) when hs >= he."""
+    if he <= hs:
+        acc[:] = -np.inf if mode == _MAX else 0.0
+        return
+    _reduce_window(mode, tmp.reshape(-1), hs * tmp.shape[1], tmp.shape[1], he - hs, acc)
+
+
+@njit(**JIT)
+def _plane_forward(mode, xp, yp, tmp, full, r_, s_, ph, pw, sh, sw, alpha, beta, lowest):
+    h_, w_ = xp.shape
+    p_, q_ = yp.shape
+    _row_pass(xp, tmp, full, mode, s_, pw, sw)
+    acc = np.empty(q_, tmp.dtype)
+    for p in range(p_):
+        h0 = p * sh - ph
+        hs = max(h0, 0)
+        he = min(h0 + r_, h_)
+        _column_pass(mode, tmp, acc, hs, he)
+        for q in range(q_):
+            w0 = q * sw - pw
+            cols = min(w0 + s_, w_) - max(w0, 0)
+            rows = he - hs
+            if rows <= 0 or cols <= 0:          # the window lies in the padding
+                val = lowest if mode == _MAX else 0.0
+            elif mode == _MAX:
+                val = np.float64(acc[q])
+            elif mode == _AVG_INCLUDE:
+                val = np.float64(acc[q]) / (r_ * s_)
+            else:
+                val = np.float64(acc[q]) / (rows * cols)
+            out = alpha * val
+            if beta != 0:
+                out += beta * yp[p, q]
+            yp[p, q] = out
+
+
+@njit(**JIT)
+def _global_value(mode, row):
+    """Max (NaN-sticky) or float64 mean of one contiguous run."""
+    m_ = row.size
+    if mode == _MAX:
+        m = row[0]
+        for i in range(1, m_):
+            v = row[i]
+            m = v if (v > m) | (v != v) else m
+        return np.float64(m)
+    m8 = m_ - m_ % 8                          # 8 independent float64 chains
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for i in range(0, m8, 8):
+        s0 += row[i]
+        s1 += row[i + 1]
+        s2 += row[i + 2]
+        s3 += row[i + 3]
+        s4 += row[i + 4]
+        s5 += row[i + 5]
+        s6 += row[i + 6]
+        s7 += row[i + 7]
+    for i in range(m8, m_):
+        s0 += row[i]
+    return (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) / m_
+
 
 @njit(**JIT_PAR)
-def _forward_kernel(mode, x, y, r_, s_, ph, pw, sh, sw, alpha, beta):
-    n_, c_, h_, w_ = x.shape
-    p_, q_ = y.shape[2], y.shape[3]
-    for nc in prange(n_ * c_):
-        n = nc // c_
-        c = nc % c_
+def _forward_kernel(mode, whole, x3, y3, r_, s_, ph, pw, sh, sw, alpha, beta, lowest):
+    """Every plane of x3 (N*C, H, W) into y3 (N*C, P, Q); ``whole``: global pooling."""
+    nc_, h_, w_ = x3.shape
+    q_ = y3.shape[2]
+    if whole:                      # the window is the whole unpadded plane
+        x2 = x3.reshape(nc_, h_ * w_)
+        y1 = y3.reshape(nc_)
+        for nc in prange(nc_):
+            out = alpha * _global_value(mode, x2[nc])
+            if beta != 0:
+                out += beta * y1[nc]
+            y1[nc] = out
+        return
+    for nc in prange(nc_):
+        tmp = np.empty((h_, q_), x3.dtype)
+        full = np.empty(w_ + 2 * pw - s_ + 1, x3.dtype)
+        _plane_forward(mode, x3[nc], y3[nc], tmp, full, r_, s_, ph, pw, sh, sw,
+                       alpha, beta, lowest)
+
+
+@njit(**JIT)
+def _global_backward(mode, row, g, out, alpha, beta):
+    """Backward of one whole-plane window: out = alpha * dL/drow + beta * out."""
+    m_ = row.size
+    best = -1                                  # mean: every element receives g / m_
+    if mode == _MAX:
+        best = 0
+        m = row[0]
+        for i in range(1, m_):                 # first max (or first NaN)
+            v = row[i]
+            if (v > m) | ((v != v) & (m == m)):
+                m = v
+                best = i
+    share = g if mode == _MAX else g / m_
+    for i in range(m_):
+        d = alpha * share if (best < 0 or i == best) else 0.0
+        if beta != 0:
+            d += beta * out[i]
+        out[i] = d
+
+
+@njit(**JIT)
+def _plane_backward(mode, xp, dyp, acc, tmp, full, r_, s_, ph, pw, sh, sw):
+    """acc (H, W) float64 = dL/dx of one plane (acc, tmp, full are scratch, overwritten)."""
+    h_, w_ = xp.shape
+    p_, q_ = dyp.shape
+    acc[:, :] = 0.0
+    if mode == _MAX:
+        _row_pass(xp, tmp, full, mode, s_, pw, sw)
+        best = np.empty(q_, tmp.dtype)
         for p in range(p_):
             h0 = p * sh - ph
             hs = max(h0, 0)
             he = min(h0 + r_, h_)
+            _column_pass(mode, tmp, best, hs, he)
             for q in range(q_):
                 w0 = q * sw - pw
                 ws = max(w0, 0)
                 we = min(w0 + s_, w_)
-                if mode == 0:
-                    m = x[n, c, hs, ws]
-                    for h in range(hs, he):
-                        for w in range(ws, we):
-                            v = x[n, c, h, w]
-                            if v > m or (v != v and m == m):
-                                m = v
-                    val = np.float64(m)
-                else:
-                    acc = 0.0
-                    for h in range(hs, he):
-                        for w in range(ws, we):
-                            acc += x[n, c, h, w]
-                    div = r_ * s_ if mode == 1 else (he - hs) * (we - ws)
-                    val = acc / div
-                out = alpha * val
-                if beta != 0:
-                    out += beta * y[n, c, p, q]
-                y[n, c, p, q] = out
+                m = best[q]
+                done = False
+                for h in range(hs, he):               # first max in row-major order
+                    for w in range(ws, we):
+                        v = xp[h, w]
+                        if v == m or (v != v and m != m):
+                            acc[h, w] += dyp[p, q]
+                            done = True
+                            break
+                    if done:
+                        break
+        return
+    grad = np.zeros((h_, q_))                         # gradient reaching row h of window q
+    for p in range(p_):
+        h0 = p * sh - ph
+        hs = max(h0, 0)
+        he = min(h0 + r_, h_)
+        for q in range(q_):
+            w0 = q * sw - pw
+            cols = min(w0 + s_, w_) - max(w0, 0)
+            if he <= hs or cols <= 0:
+                continue
+            div = r_ * s_ if mode == _AVG_INCLUDE else (he - hs) * cols
+            g = dyp[p, q] / div
+            for h in range(hs, he):
+                grad[h, q] += g
+    for h in range(h_):
+        for q in range(q_):
+            w0 = q * sw - pw
+            g = grad[h, q]
+            for w in range(max(w0, 0), min(w0 + s_, w_)):
+                acc[h, w] += g
 
 
 @njit(**JIT_PAR)
-def _backward_kernel(mode, dy, x, dx, r_, s_, ph, pw, sh, sw, alpha, beta):
-    n_, c_, h_, w_ = x.shape
-    p_, q_ = dy.shape[2], dy.shape[3]
-    for nc in prange(n_ * c_):
-        n = nc // c_
-        c = nc % c_
-        acc = np.zeros((h_, w_), dtype=np.float64)
-        for p in range(p_):
-            h0 = p * sh - ph
-            hs = max(h0, 0)
-            he = min(h0 + r_, h_)
-            for q in range(q_):
-                w0 = q * sw - pw
-                ws = max(w0, 0)
-                we = min(w0 + s_, w_)
-                g = np.float64(dy[n, c, p, q])
-                if mode == 0:
-                    m = x[n, c, hs, ws]
-                    bh = hs
-                    bw = ws
-                    for h in range(hs, he):
-                        for w in range(ws, we):
-                            v = x[n, c, h, w]
-                            if v > m or (v != v and m == m):
-                                m = v
-                                bh = h
-                                bw = w
-                    acc[bh, bw] += g
-                else:
-                    div = r_ * s_ if mode == 1 else (he - hs) * (we - ws)
-                    g = g / div
-                    for h in range(hs, he):
-                        for w in range(ws, we):
-                            acc[h, w] += g
+def _backward_kernel(mode, whole, dy3, x3, dx3, r_, s_, ph, pw, sh, sw, alpha, beta):
+    """dx3 (N*C, H, W) from dy3 (N*C, P, Q) and x3; ``whole``: global pooling."""
+    nc_, h_, w_ = x3.shape
+    q_ = dy3.shape[2]
+    if whole:
+        x2 = x3.reshape(nc_, h_ * w_)
+        dx2 = dx3.reshape(nc_, h_ * w_)
+        dy1 = dy3.reshape(nc_)
+        for nc in prange(nc_):
+            _global_backward(mode, x2[nc], np.float64(dy1[nc]), dx2[nc], alpha, beta)
+        return
+    for nc in prange(nc_):
+        acc = np.empty((h_, w_))
+        tmp = np.empty((h_, q_), x3.dtype)
+        full = np.empty(w_ + 2 * pw - s_ + 1, x3.dtype)
+        _plane_backward(mode, x3[nc], dy3[nc], acc, tmp, full, r_, s_, ph, pw, sh, sw)
+        dxp = dx3[nc]
         for h in range(h_):
             for w in range(w_):
                 out = alpha * acc[h, w]
                 if beta != 0:
-                    out += beta * dx[n, c, h, w]
-                dx[n, c, h, w] = out
+                    out += beta * dxp[h, w]
+                dxp[h, w] = out
 
 
-def _staged(arr: np.ndarray, beta: float, *, read: bool = True) -> np.ndarray:
-    """``arr`` itself when numba can use it, else a float32 staging copy (float16 data)."""
+def _planes3(arr: np.ndarray, *, read: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(staged, (N*C, H, W) view of it): ``arr`` itself when C-contiguous in the compute dtype.
+
+    Otherwise a C-contiguous compute-dtype copy (left empty when ``read`` is
+    false) that the caller copies back into ``arr`` if it is an output.
+    """
     cdt = compute_dtype(arr.dtype)
-    if cdt == arr.dtype:
-        return arr
-    if read or beta != 0:
-        return arr.astype(cdt)
-    return np.empty(arr.shape, dtype=cdt)
+    if arr.dtype == cdt and arr.flags.c_contiguous:
+        staged = arr
+    elif read:
+        staged = np.ascontiguousarray(arr, dtype=cdt)
+    else:
+        staged = np.empty(arr.shape, dtype=cdt)
+    return staged, staged.reshape((-1,) + arr.shape[2:])
+
+
+def _lowest(dtype: np.dtype) -> float:
+    """The max of a window lying wholly in the padding: the dtype's lowest finite value."""
+    return float(np.finfo(dtype).min)
 
 
 @register("cudnn.pooling_forward", "numba")
+@quiet
 def pooling_forward_numba(x, y, *, mode, window, pad=(0, 0), stride=(1, 1),
                           alpha=1.0, beta=0.0):
-    """Same contract as the reference; parallel over the N*C planes."""
+    """Same contract as the reference; separable passes, parallel over the N*C planes."""
     mode_id, (r, s), (ph, pw), (sh, sw), alpha, beta = _check(
         mode, window, pad, stride, alpha, beta, x, [("y", y, "y")])
     if y.size == 0:
         return
-    ys = _staged(y, beta, read=False)
-    _forward_kernel(mode_id, _staged(x, beta), ys, r, s, ph, pw, sh, sw, alpha, beta)
-    if ys is not y:
-        np.copyto(y, ys, casting="unsafe")
+    _, x3 = _planes3(x)
+    ys, y3 = _planes3(y, read=beta != 0)
+    whole = (r, s, ph, pw) == tuple(x.shape[2:]) + (0, 0)   # global pooling
+    with np.errstate(over="ignore"):           # alpha * lowest may round to -inf
+        _forward_kernel(mode_id, whole, x3, y3, r, s, ph, pw, sh, sw, alpha, beta,
+                        _lowest(x.dtype))
+        if ys is not y:
+            np.copyto(y, ys, casting="unsafe")
 
 
 @register("cudnn.pooling_backward", "numba")
+@quiet
 def pooling_backward_numba(y, dy, x, dx, *, mode, window, pad=(0, 0), stride=(1, 1),
                            alpha=1.0, beta=0.0):
-    """Same contract as the reference; parallel over the N*C planes."""
+    """Same contract as the reference; separable passes, parallel over the N*C planes."""
     mode_id, (r, s), (ph, pw), (sh, sw), alpha, beta = _check(
         mode, window, pad, stride, alpha, beta, x,
         [("y", y, "y"), ("dy", dy, "y"), ("dx", dx, "x")])
     if dx.size == 0:
         return
-    dxs = _staged(dx, beta, read=False)
-    _backward_kernel(mode_id, _staged(dy, beta), _staged(x, beta), dxs,
-                     r, s, ph, pw, sh, sw, alpha, beta)
+    _, dy3 = _planes3(dy)
+    _, x3 = _planes3(x)
+    dxs, dx3 = _planes3(dx, read=beta != 0)
+    whole = (r, s, ph, pw) == tuple(x.shape[2:]) + (0, 0)   # global pooling
+    _backward_kernel(mode_id, whole, dy3, x3, dx3, r, s, ph, pw, sh, sw, alpha, beta)
     if dxs is not dx:
         np.copyto(dx, dxs, casting="unsafe")

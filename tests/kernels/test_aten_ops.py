@@ -629,6 +629,9 @@ def test_softmax_backward_providers(op, dtype):
         want = ref(op, g, y, dim, dtype, out=garbage(shape, dtype))
         for p in prov(op):
             assert_close(call(op, p, g, y, dim, dtype, out=garbage(shape, dtype)), want)
+            if g.ndim >= 2:
+                assert_close(call(op, p, noncontig(g), noncontig(y), dim, dtype,
+                                  out=garbage(shape, dtype)), want)
     if dtype is np.float16:  # grads of a half_to_float forward are float32, the result float16
         g32, y32 = rand((4, 9), np.float32), ref(fwd, rand((4, 9), np.float16), 1, True,
                                                  out=np.empty((4, 9), np.float32))
@@ -664,6 +667,14 @@ def test_nll_loss_providers(dtype):
             gi = call("aten::nll_loss_backward", p, g, self_, tt, weight, red, -100, tw,
                       grad_input=garbage(self_.shape, dtype))
             assert_close(gi, want_g)
+            if self_.ndim == 2:                        # strided self and grad_input
+                o, tw = call("aten::nll_loss_forward", p, noncontig(self_), tt, weight, red,
+                             -100, output=garbage(oshape, dtype), total_weight=garbage((), dtype))
+                assert_close(o, want_o)
+                gi = noncontig(garbage(self_.shape, dtype))
+                call("aten::nll_loss_backward", p, g, noncontig(self_), tt, weight, red, -100,
+                     tw, grad_input=gi)
+                assert_close(np.ascontiguousarray(gi), want_g)
 
 
 # pooling -----------------------------------------------------------------
@@ -690,7 +701,9 @@ MAXPOOL_CASES = [((2, 3, 9, 8), (3, 3), (2, 2), (1, 1), (1, 1), False),
                  ((2, 3, 9, 8), (3, 3), (2, 2), (1, 1), (1, 1), True),
                  ((1, 1, 11, 10), (3, 2), (), (1, 1), (2, 3), True),
                  ((4, 7, 7), 2, 1, 0, 1, False),
-                 ((1, 2, 6, 6), (2, 2), (2, 2), (1, 1), (1, 1), True)]
+                 ((1, 2, 6, 6), (2, 2), (2, 2), (1, 1), (1, 1), True),
+                 ((2, 3, 11, 9), (2, 3), (3, 4), (1, 1), (1, 1), False),    # stride > kernel
+                 ((1, 1, 7, 7), (3, 3), (5, 5), (1, 0), (2, 1), True)]      # dilation, ceil
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -861,8 +874,15 @@ ERROR_CASES = [
                          ids=[f"{c[0]}-{c[4]}-{i}" for i, c in enumerate(ERROR_CASES)])
 def test_bad_arguments_raise_naming_the_parameter(op, args, kwargs, exc, word):
     for p in prov(op):
+        # outputs hold a pattern; a failed call must leave every byte of them alone
+        outs = {k: v.copy() for k, v in kwargs.items() if isinstance(v, np.ndarray)}
+        for k, v in outs.items():
+            v[...] = 7
+        kw = dict(kwargs, **outs)
+        before = {k: v.tobytes() for k, v in outs.items()}
         with pytest.raises(exc, match=word):
-            call(op, p, *args, **kwargs)
+            call(op, p, *args, **kw)
+        assert all(outs[k].tobytes() == before[k] for k in outs), "a failed call wrote its output"
 
 
 def test_read_only_out_is_refused():
@@ -879,3 +899,21 @@ def test_every_op_has_reference_and_a_fast_provider():
         assert "reference" in have and ("numba" in have), (op, have)
         fn = K.get(op, "numba")
         assert fn.__doc__ and op in fn.__doc__
+
+
+def test_adaptive_and_max_pool_batch1_strided_odd():
+    """Batch 1, odd planes, strided input and output views, NaN and inf, every provider."""
+    x = rand((1, 3, 13, 7), np.float32)
+    x[0, 0, 0, :2] = [np.nan, np.inf]
+    x[0, 2, 5, 5] = -np.inf
+    want = ref("aten::_adaptive_avg_pool2d", x, (5, 3), out=garbage((1, 3, 5, 3), np.float32))
+    wv, wi = ref("aten::max_pool2d_with_indices", x, 3, 2, 1, 1, True,
+                 out=garbage((1, 3, 7, 4), np.float32), indices=garbage((1, 3, 7, 4), np.int64))
+    for p in prov("aten::_adaptive_avg_pool2d"):
+        out = noncontig(garbage((1, 3, 5, 3), np.float32))
+        call("aten::_adaptive_avg_pool2d", p, noncontig(x), (5, 3), out=out)
+        assert_close(np.ascontiguousarray(out), want)
+        v, i = noncontig(garbage((1, 3, 7, 4), np.float32)), noncontig(garbage((1, 3, 7, 4), np.int64))
+        call("aten::max_pool2d_with_indices", p, noncontig(x), 3, 2, 1, 1, True, out=v, indices=i)
+        assert_close(np.ascontiguousarray(v), wv)
+        assert_close(np.ascontiguousarray(i), wi)

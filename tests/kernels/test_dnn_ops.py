@@ -705,3 +705,153 @@ def test_dropout_bad_arguments(provider):
         f(x, y, np.empty(6, np.int32), dropout=0.5, seed=1)
     with pytest.raises(ValueError, match="dx must have the shape"):
         b(x, y[:1], r, dropout=0.5)
+
+
+# ==========================================================================
+# coverage: batch 1, odd sizes, strided views, NaN/inf, failed calls
+# ==========================================================================
+
+def strided(a):
+    """A non-contiguous view holding a's values (every other element of the last axis)."""
+    wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    wide[..., ::2] = a
+    return wide[..., ::2]
+
+
+@pytest.mark.parametrize("provider", K.providers(AB))
+@pytest.mark.parametrize("mode", ACTIVATION_MODES)
+def test_activation_batch1_strided_both_directions(provider, mode):
+    x = act_input(np.float32, (1, 3, 5, 7))
+    y = np.empty_like(x)
+    K.get(AF, "reference")(x, y, mode=mode, coef=COEF)
+    got = strided(np.full_like(x, np.nan))
+    K.get(AF, provider)(strided(x), got, mode=mode, coef=COEF)
+    close(got, y, np.float32)
+    dy = rng().standard_normal(x.shape).astype(np.float32)
+    expect = np.empty_like(x)
+    K.get(AB, "reference")(y, dy, x, expect, mode=mode, coef=COEF)
+    dx = strided(np.full_like(x, np.nan))
+    K.get(AB, provider)(strided(y), strided(dy), strided(x), dx, mode=mode, coef=COEF)
+    close(dx, expect, np.float32)
+
+
+@pytest.mark.parametrize("provider", K.providers(BT))
+@pytest.mark.parametrize("mode", BATCH_NORM_MODES)
+def test_batch_norm_batch1_strided_and_nan(provider, mode):
+    """Batch 1 (spatial; per-activation needs N >= 2), strided views, a NaN channel."""
+    n = 1 if mode == "spatial" else 2
+    x, pshape, (scale, bias) = bn_setup(mode, np.float32, (n, 3, 5, 7), compact=True)
+    x[0, 1, 2, 3] = np.nan                          # poisons channel 1's statistics
+    x[0, 2, 0, 0] = np.inf
+    sx, dy = strided(x), rng().standard_normal(x.shape).astype(np.float32)
+    outs = {}
+    for prov in ("reference", provider):
+        src = x if prov == "reference" else sx
+        y = strided(np.full_like(x, np.nan))
+        sm, si = np.empty(pshape), np.empty(pshape)
+        K.get(BT, prov)(src, y, scale, bias, mode=mode, epsilon=EPS, save_mean=sm,
+                        save_inv_variance=si)
+        yi = strided(np.full_like(x, np.nan))
+        K.get(BI, prov)(src, yi, scale, bias, sm, np.abs(si), mode=mode, epsilon=EPS)
+        dx = strided(np.full_like(x, np.nan))
+        ds, db = np.empty(pshape, np.float32), np.empty(pshape, np.float32)
+        K.get(BB, prov)(src, dy if prov == "reference" else strided(dy), dx, scale, ds, db,
+                        mode=mode, epsilon=EPS, saved_mean=sm, saved_inv_variance=si)
+        outs[prov] = (y, yi, dx, ds, db, sm, si)
+    for a, e in zip(outs[provider], outs["reference"]):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5, equal_nan=True)
+    if mode == "spatial":
+        assert np.isnan(outs[provider][0][0, 1]).all()      # the NaN channel is all NaN
+        assert not np.isnan(outs[provider][0][0, 0]).any()  # the others are not
+
+
+@pytest.mark.parametrize("provider", K.providers(SB))
+@pytest.mark.parametrize("mode", SOFTMAX_MODES)
+def test_softmax_backward_strided_inf_batch1(provider, mode):
+    x = rng().standard_normal((1, 5, 3, 3)).astype(np.float32)
+    x[0, 2, 1, 1] = np.inf                          # exp(inf - inf): that group is NaN
+    for algorithm in SOFTMAX_ALGORITHMS:
+        y = np.empty_like(x)
+        K.get(SF, "reference")(x, y, algorithm=algorithm, mode=mode)
+        got = strided(np.full_like(x, np.nan))
+        K.get(SF, provider)(strided(x), got, algorithm=algorithm, mode=mode)
+        close(got, y, np.float32, 10)
+        dy = rng().standard_normal(x.shape).astype(np.float32)
+        expect = np.empty_like(x)
+        K.get(SB, "reference")(y, dy, expect, algorithm=algorithm, mode=mode)
+        dx = strided(np.full_like(x, np.nan))
+        K.get(SB, provider)(strided(y), strided(dy), dx, algorithm=algorithm, mode=mode)
+        close(dx, expect, np.float32, 10)
+
+
+@pytest.mark.parametrize("provider", K.providers("cudnn.op_tensor"))
+@pytest.mark.parametrize("op", OP_TENSOR_OPS)
+def test_op_tensor_strided_odd_and_inf(provider, op):
+    r = rng()
+    a = r.standard_normal((1, 3, 5, 7)).astype(np.float32)
+    b = r.standard_normal((1, 3, 1, 7)).astype(np.float32)
+    a.flat[:3] = [np.inf, -np.inf, np.nan]
+    b.flat[:2] = [np.inf, -np.inf]
+    c0 = r.standard_normal(a.shape).astype(np.float32)
+    kw = dict(alpha1=0.5, alpha2=2.0, beta=0.25)
+    expect = c0.copy()
+    with np.errstate(invalid="ignore"):
+        K.get("cudnn.op_tensor", "reference")(op, a, b, expect, **kw)
+    c = strided(c0)
+    with np.errstate(invalid="ignore"):
+        K.get("cudnn.op_tensor", provider)(op, strided(a), b[..., ::-1][..., ::-1], c, **kw)
+    close(c, expect, np.float32)
+    expect, c = c0.copy(), strided(c0)
+    K.get("cudnn.add_tensor", "reference")(b, expect, alpha=-1.0, beta=1.0)
+    K.get("cudnn.add_tensor", provider)(strided(b), c, alpha=-1.0, beta=1.0)
+    close(c, expect, np.float32)
+
+
+@pytest.mark.parametrize("provider", K.providers(AF))
+def test_failed_calls_write_nothing(provider):
+    x = np.ones((2, 3, 4, 5), np.float32)
+    out = np.full_like(x, 7.0)
+    p = np.ones(3, np.float32)
+    calls = [
+        lambda: K.get(AF, provider)(x, out, mode="relu", alpha=np.inf),
+        lambda: K.get(AB, provider)(x, x[:1], x, out, mode="relu"),
+        lambda: K.get(BT, provider)(x, out, p, np.ones(4, np.float32), mode="spatial",
+                                    epsilon=EPS),
+        lambda: K.get(BB, provider)(x, x, out, p, p.copy(), np.ones(2, np.float32),
+                                    mode="spatial", epsilon=EPS),
+        lambda: K.get(SF, provider)(x, out, algorithm="log", mode="rows"),
+        lambda: K.get("cudnn.op_tensor", provider)("add", x, x[:, :2], out, alpha1=1.0,
+                                                   alpha2=1.0, beta=0.0),
+        lambda: K.get(DF, provider)(x, out, np.empty(x.size - 1, np.uint8), dropout=0.5,
+                                    seed=1),
+    ]
+    for call in calls:
+        with pytest.raises((ValueError, TypeError)):
+            call()
+    assert (out == 7).all()
+
+
+@pytest.mark.parametrize("provider", K.providers(BT))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_large_planes_path(provider, dtype):
+    """Spatial planes of >= 256 values take the numba per-channel path (smaller ones the
+    column path): both must match the reference, forward and backward."""
+    for shape in ((2, 3, 17, 16), (1, 2, 16, 16), (3, 4, 5, 3)):
+        x, pshape, (scale, bias) = bn_setup("spatial", dtype, shape, compact=True)
+        ref = run_training("reference", "spatial", x, pshape, scale, bias, 1.5, 0.5,
+                           np.ones_like(x))
+        got = run_training(provider, "spatial", x, pshape, scale, bias, 1.5, 0.5,
+                           np.ones_like(x))
+        close(got[0], ref[0], dtype, 10)
+        for a, e in zip(got[1:], ref[1:]):
+            np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
+        dy = rng().standard_normal(shape).astype(dtype)
+        outs = {}
+        for prov in ("reference", provider):
+            dx, ds, db = np.ones_like(x), np.empty(pshape), np.empty(pshape)
+            K.get(BB, prov)(x, dy, dx, scale, ds, db, mode="spatial", epsilon=EPS,
+                            beta_data=0.5)
+            outs[prov] = (dx, ds, db)
+        close(outs[provider][0], outs["reference"][0], dtype, 10)
+        for a, e in zip(outs[provider][1:], outs["reference"][1:]):
+            np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-8)

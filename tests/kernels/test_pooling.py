@@ -17,7 +17,10 @@ TOL = {np.float16: dict(rtol=2e-3, atol=2e-3), np.float32: dict(rtol=1e-5, atol=
        np.float64: dict(rtol=1e-12, atol=1e-12)}
 CONFIGS = [((3, 3), (1, 1), (2, 2)),      # ResNet stem max pool
            ((2, 3), (0, 1), (1, 2)),      # rectangular, overlapping
-           ((4, 4), (0, 0), (4, 4))]      # non-overlapping, "global" on 4x4 blocks
+           ((4, 4), (0, 0), (4, 4)),      # non-overlapping, "global" on 4x4 blocks
+           ((2, 2), (2, 3), (3, 3)),      # pad >= window (all-padding windows), stride > window
+           ((1, 3), (0, 1), (2, 4)),      # stride > window: inputs between windows skipped
+           ((9, 11), (0, 0), (1, 1))]     # global pooling of the 9x11 planes (own numba path)
 
 
 def rng():
@@ -34,7 +37,9 @@ def naive_forward(x, mode, window, pad, stride):
                 for h in range(p * stride[0] - pad[0], p * stride[0] - pad[0] + window[0])
                 for w in range(q * stride[1] - pad[1], q * stride[1] - pad[1] + window[1])
                 if 0 <= h < h_ and 0 <= w < w_]
-        if mode.startswith("max"):
+        if not vals:                   # the window lies wholly in the padding
+            y[n, c, p, q] = np.finfo(x.dtype).min if mode.startswith("max") else 0.0
+        elif mode.startswith("max"):
             y[n, c, p, q] = np.nan if any(np.isnan(vals)) else max(vals)
         elif mode == "average_count_include_padding":
             y[n, c, p, q] = sum(vals) / (window[0] * window[1])
@@ -120,8 +125,12 @@ def test_backward_matches_reference(provider, dtype, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_backward_finite_differences(provider, mode):
     """dx equals d/dx sum(dy * pool(x)) (float64; distinct values so max is smooth)."""
+    for window, pad, stride in (((3, 2), (1, 1), (2, 1)), ((2, 2), (2, 3), (3, 1))):
+        _check_finite_differences(provider, mode, window, pad, stride)
+
+
+def _check_finite_differences(provider, mode, window, pad, stride):
     r = rng()
-    window, pad, stride = (3, 2), (1, 1), (2, 1)
     x = r.permutation(2 * 2 * 5 * 6).reshape(2, 2, 5, 6).astype(np.float64) * 0.1
     shape = output_shape(x.shape, window, pad, stride)
     dy = r.standard_normal(shape)
@@ -130,6 +139,7 @@ def test_backward_finite_differences(provider, mode):
     def loss(xx):
         y = np.empty(shape)
         K.get(FWD, "reference")(xx, y, **kw)
+        y[y == np.finfo(np.float64).min] = 0.0   # all-padding windows: constant, no gradient
         return float((y * dy).sum())
 
     dx = np.empty_like(x)
@@ -216,7 +226,6 @@ def test_bad_arguments_name_the_parameter(provider):
         (ValueError, "stride", dict(ok, stride=(0, 2))),
         (ValueError, "window", dict(ok, window=(0, 3))),
         (ValueError, "pad", dict(ok, pad=(-1, 0))),
-        (ValueError, "pad", dict(ok, pad=(3, 1))),
         (TypeError, "window", dict(ok, window=(3.0, 3))),
         (TypeError, "alpha", dict(ok, alpha="1")),
     ]
@@ -240,3 +249,44 @@ def test_bad_arguments_name_the_parameter(provider):
     y.flags.writeable = False
     with pytest.raises(ValueError, match="y is read-only"):
         f(x, y, **ok)
+
+
+@pytest.mark.parametrize("provider", K.providers(FWD))
+def test_windows_wholly_in_the_padding(provider):
+    """pad 2 > window 2, stride 2 on a 2x2 input: only the centre window sees data."""
+    x = np.array([[1.0, 4.0], [3.0, 2.0]], np.float32).reshape(1, 1, 2, 2)
+    kw = dict(window=2, pad=2, stride=2)
+    assert output_shape(x.shape, (2, 2), (2, 2), (2, 2)) == (1, 1, 3, 3)
+    lowest = np.finfo(np.float32).min                       # cuDNN's -FLT_MAX
+    for mode, centre, empty in (("max", 4.0, lowest), ("average_count_include_padding", 2.5, 0.0),
+                                ("average_count_exclude_padding", 2.5, 0.0)):
+        y = np.full((1, 1, 3, 3), np.nan, np.float32)
+        K.get(FWD, provider)(x, y, mode=mode, **kw)
+        expect = np.full((3, 3), empty, np.float32)
+        expect[1, 1] = centre
+        np.testing.assert_array_equal(y[0, 0], expect)
+        dy = np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
+        dx = np.full_like(x, np.nan)
+        K.get(BWD, provider)(y, dy, x, dx, mode=mode, **kw)
+        # only the centre window (dy = 5) reaches the input
+        want = [[0, 5], [0, 0]] if mode == "max" else [[1.25] * 2] * 2
+        np.testing.assert_array_equal(dx[0, 0], np.array(want, np.float32))
+    x16 = x.astype(np.float16)
+    y16 = np.empty((1, 1, 3, 3), np.float16)
+    K.get(FWD, provider)(x16, y16, mode="max", **kw)
+    assert y16[0, 0, 0, 0] == np.finfo(np.float16).min and y16[0, 0, 1, 1] == 4
+
+
+@pytest.mark.parametrize("provider", K.providers(FWD))
+def test_failed_calls_write_nothing(provider):
+    x = np.ones((1, 2, 5, 5), np.float32)
+    y = np.full((1, 2, 3, 3), 7.0, np.float32)
+    dx = np.full_like(x, 7.0)
+    ok = dict(mode="max", window=3, pad=1, stride=2)
+    with pytest.raises(ValueError, match="dy must have shape"):
+        K.get(BWD, provider)(y, np.ones((1, 2, 3, 4), np.float32), x, dx, **ok)
+    with pytest.raises(ValueError, match="stride"):
+        K.get(FWD, provider)(x, y, **dict(ok, stride=0))
+    with pytest.raises(ValueError, match="window"):
+        K.get(FWD, provider)(x, y, **dict(ok, window=8, pad=0))
+    assert (y == 7).all() and (dx == 7).all()
