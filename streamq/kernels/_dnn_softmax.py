@@ -135,7 +135,8 @@ def _dot8(u, v):
 @njit(**JIT)
 def _row_forward(xr, yr, log, alpha, beta):
     mx = _max8(xr)
-    buf = yr if beta == 0 else np.empty_like(yr)
+    # y may be x itself (in place): the log form reads x again after the sum, so it needs its own buffer
+    buf = yr if (beta == 0 and not log) else np.empty_like(yr)
     for i in range(xr.size):
         buf[i] = vexp(xr[i] - mx)
     total = _sum8(buf)

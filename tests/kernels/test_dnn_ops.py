@@ -455,6 +455,20 @@ def test_softmax_backward_finite_differences(provider, algorithm, mode):
 
 
 @pytest.mark.parametrize("provider", K.providers(SF))
+@pytest.mark.parametrize("algorithm", ["fast", "accurate", "log"])
+@pytest.mark.parametrize("mode,shape", [("instance", (2, 3, 4, 4)), ("instance", (2, 5, 1, 1)),
+                                        ("channel", (2, 5, 1, 1)), ("channel", (2, 3, 4, 4))])
+def test_softmax_in_place_equals_out_of_place(provider, algorithm, mode, shape):
+    # cuDNN allows y == x; the result must not depend on it (a row kernel once reused y as scratch).
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    out = np.empty_like(x)
+    K.get(SF, provider)(x, out, algorithm=algorithm, mode=mode)
+    y = x.copy()
+    K.get(SF, provider)(y, y, algorithm=algorithm, mode=mode)
+    np.testing.assert_array_equal(y, out)
+
+
+@pytest.mark.parametrize("provider", K.providers(SF))
 def test_softmax_non_contiguous_and_errors(provider):
     base = rng().standard_normal((2, 8, 3, 8)).astype(np.float32)
     x = base[:, ::2, :, ::2]
