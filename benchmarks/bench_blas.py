@@ -1,16 +1,17 @@
 """Benchmark: cublas.gemm (blas provider) vs numpy and torch on ResNet-50 conv GEMMs.
 
-Each ResNet-50 convolution, lowered to a GEMM (im2col), multiplies the weights
-W (M = out channels, K = in channels * kh * kw) by the column matrix
-(K, N = batch * H * W). Row-major out = W @ cols is, in cuBLAS's column-major
-terms, gemm('N', 'N', m=N, n=M, k=K, 1, cols, N, W, K, 0, out, N): exactly the
-call the CUDA facade makes for a row-major framework. float32 throughout.
+Each distinct ResNet-50 convolution (the 23 shapes of bench_conv.py), lowered
+to a GEMM (im2col), multiplies the weights W (M = out channels, K = in
+channels * kh * kw) by the column matrix (K, N = batch * P * Q). Row-major
+out = W @ cols is, in cuBLAS's column-major terms, gemm('N', 'N', m=N, n=M,
+k=K, 1, cols, N, W, K, 0, out, N): exactly the call the CUDA facade makes for
+a row-major framework. float32 throughout, batch 8 and 32.
 
 Peers, measured in the same run on the same arrays:
-  numpy @      ``W @ cols`` (allocates its result; the project's target is
-               blas >= 0.95x of this)
   numpy out=   ``np.matmul(W, cols, out=out)`` (writes into an existing array,
-               like the kernel does)
+               like the kernel does; the project's target is blas >= 0.95x
+               of numpy, held to this, the faster form)
+  numpy @      ``W @ cols`` (allocates its result every call)
   torch        ``torch.mm(W, cols, out=out)`` on the same memory (if torch is
                importable), with as many threads as numpy's BLAS
 
@@ -33,6 +34,7 @@ import argparse
 import math
 import os
 import platform
+import subprocess
 import time
 
 import numpy as np
@@ -45,14 +47,20 @@ from streamq.kernels.blas_ops import gemm_blas
 from streamq.kernels.aten_linear import (foreach_sgd_numba, foreach_sgd_reference,
                                          fused_adam_numba, fused_adam_reference)
 
-# (stage H*W, M = out channels, K = in channels * kh * kw): the distinct GEMMs of
-# ResNet-50's bottleneck stages (1x1 reduce, 3x3, 1x1 expand, projection).
-RESNET50_GEMMS = [
-    (56 * 56, 64, 64), (56 * 56, 64, 576), (56 * 56, 256, 64), (56 * 56, 64, 256),
-    (28 * 28, 128, 1152), (28 * 28, 512, 128), (28 * 28, 128, 512), (28 * 28, 512, 256),
-    (14 * 14, 256, 2304), (14 * 14, 1024, 256), (14 * 14, 256, 1024), (14 * 14, 1024, 512),
-    (7 * 7, 512, 4608), (7 * 7, 2048, 512), (7 * 7, 512, 2048), (7 * 7, 2048, 1024),
-]
+# Every distinct conv shape of ResNet-50, shared with bench_conv.py:
+# (C, K, H=W, R=S, stride, pad). As an im2col GEMM: M = K, K_gemm = C*R*S,
+# N = batch * P * Q.
+from bench_conv import LAYERS  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
+
+
+def conv_gemm_shape(layer, batch: int) -> tuple[int, int, int]:
+    """(M, K, N) of a conv layer's whole-batch im2col GEMM."""
+    C, K, H, R, s, p = layer
+    P = (H + 2 * p - R) // s + 1
+    return K, C * R * R, batch * P * P
+
+
+PAUSE_S = 0.15
 
 
 def best_of(fns: dict, repeat: int) -> dict:
@@ -60,13 +68,16 @@ def best_of(fns: dict, repeat: int) -> dict:
 
     In each round every contender runs twice back to back and only the second
     call is timed: the untimed call absorbs the cost of switching libraries
-    (another library's worker threads still spinning, page faults of a fresh
-    result, cold caches). The order of contenders rotates from round to round.
+    (page faults of a fresh result, cold caches). Before it, a pause of
+    ``PAUSE_S`` lets the previous library's worker threads stop spinning
+    (OpenBLAS's spin for about 2**28 cycles, ~0.1 s, after each call). The
+    order of contenders rotates from round to round.
     """
     best = {name: math.inf for name in fns}
     names = list(fns)
     for r in range(repeat):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(PAUSE_S)
             fns[name]()
             t0 = time.perf_counter()
             fns[name]()
@@ -146,21 +157,33 @@ def blas_description() -> str:
     return "; ".join(rows) or "no BLAS found by threadpoolctl"
 
 
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "load average: " + " ".join(open("/proc/loadavg").read().split()[:3])
+
+
 def bench_gemm(batches: list[int], repeat: int, torch) -> None:
     rng = np.random.default_rng(0)
     print("# cublas.gemm (blas provider) vs peers, ResNet-50 conv GEMMs, float32\n")
-    head = ("| batch | H*W | M | K | N | GFLOP | blas ms | GFLOP/s | numpy @ ms | vs numpy @ "
-            "| numpy out= ms | vs numpy out= |")
-    sep = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    print("Each row: the whole-batch im2col GEMM of one conv layer, Y (M, N) = W (M, K) @ "
+          "cols (K, N), called as the CUDA facade calls it for a row-major framework: "
+          "`gemm('N', 'N', N, M, K, 1, cols, N, W, K, 0, Y, N)`. Ratios = peer time / blas "
+          "time (> 1: blas faster).\n")
+    print(f"Load before: `{uptime()}`\n")
+    head = ("| batch | layer C->K HxW RxS/s | M | K | N | GFLOP | blas ms | GFLOP/s | numpy out= ms "
+            "| vs numpy out= | numpy @ ms | vs numpy @ |")
+    sep = "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     if torch is not None:
         head += " torch ms | vs torch |"
         sep += "---:|---:|"
     print(head)
     print(sep)
-    ratios = {"numpy @": [], "numpy out=": [], "torch": []}
+    ratios: dict[tuple, list] = {}
     for batch in batches:
-        for hw, M, K in RESNET50_GEMMS:
-            N = batch * hw
+        for layer in LAYERS:
+            M, K, N = conv_gemm_shape(layer, batch)
             W = rng.standard_normal((M, K), dtype=np.float32)
             cols = rng.standard_normal((K, N), dtype=np.float32)
             out = np.empty((M, N), np.float32)
@@ -169,28 +192,34 @@ def bench_gemm(batches: list[int], repeat: int, torch) -> None:
             fns = {
                 "blas": lambda: gemm_blas("N", "N", N, M, K, 1.0, c_flat, N, w_flat, K, 0.0,
                                           o_flat, N),
-                "numpy @": lambda: W @ cols,
                 "numpy out=": lambda: np.matmul(W, cols, out=out2),
+                "numpy @": lambda: W @ cols,
             }
             if torch is not None:
                 tw, tc, to = (torch.from_numpy(a) for a in (W, cols, out2))
                 fns["torch"] = lambda: torch.mm(tw, tc, out=to)
             best = best_of(fns, repeat)
-            np.testing.assert_allclose(out, W @ cols, rtol=1e-4, atol=1e-3 * math.sqrt(K))
+            check = np.matmul(W[:64], cols)
+            np.testing.assert_allclose(out[:64], check, rtol=1e-4, atol=1e-3 * math.sqrt(K))
             gflop = 2.0 * M * N * K / 1e9
-            row = (f"| {batch} | {hw} | {M} | {K} | {N} | {gflop:.2f} | {best['blas'] * 1e3:.2f} "
-                   f"| {gflop / best['blas']:.0f} |")
-            for peer in ("numpy @", "numpy out=", "torch"):
+            C, Ko, H, R, s, p = layer
+            row = (f"| {batch} | {C}->{Ko} {H}x{H} {R}x{R}/s{s} | {M} | {K} | {N} | {gflop:.2f} "
+                   f"| {best['blas'] * 1e3:.2f} | {gflop / best['blas']:.0f} |")
+            for peer in ("numpy out=", "numpy @", "torch"):
                 if peer in best:
-                    ratios[peer].append(best[peer] / best["blas"])
-                    row += f" {best[peer] * 1e3:.2f} | {ratios[peer][-1]:.3f} |"
+                    r = best[peer] / best["blas"]
+                    ratios.setdefault((batch, peer), []).append(r)
+                    ratios.setdefault(("all", peer), []).append(r)
+                    row += f" {best[peer] * 1e3:.2f} | {r:.3f} |"
             print(row, flush=True)
-    print()
-    for peer, rs in ratios.items():
-        if rs:
-            geo = math.exp(sum(math.log(r) for r in rs) / len(rs))
-            print(f"- geometric mean speed ratio blas / {peer}: **{geo:.3f}x** "
-                  f"(min {min(rs):.3f}, max {max(rs):.3f}, {len(rs)} shapes; > 1: blas faster)")
+            del W, cols, out, out2, fns
+    print(f"\nLoad after: `{uptime()}`\n")
+    print("| batch | peer | geometric mean (peer / blas) | min | max | shapes |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (batch, peer), rs in ratios.items():
+        geo = math.exp(sum(math.log(r) for r in rs) / len(rs))
+        target = " (target >= 0.95)" if peer == "numpy out=" else ""
+        print(f"| {batch} | {peer}{target} | **{geo:.3f}** | {min(rs):.3f} | {max(rs):.3f} | {len(rs)} |")
 
 
 def main() -> None:

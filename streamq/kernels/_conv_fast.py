@@ -1,43 +1,50 @@
-"""The GEMM formulation of convolution (im2col + GEMM), blocked to stay in cache.
+"""The GEMM formulation of convolution, run as parallel work items.
 
 Private engine behind the ``blas`` and ``numba`` providers of
 :mod:`streamq.kernels.conv`. Arguments arrive validated (see ``conv.py``).
 
-Per group ``g`` the forward pass is ``Y_g (Kg, cols) = W_g (Kg, Cg*R*S) @ col``
-where ``col`` holds one column per output pixel (layout in ``_conv_numba``).
-The full column matrix of a batch is never materialised: the work is cut into
-*blocks* (several whole images when images are small, else bands of output
-rows of one image) whose column matrix holds at most ``COL_BLOCK_ELEMS``
-elements and stays in cache while BLAS consumes it. When a block is one
-image, the GEMM writes straight into the strided band of ``y`` with BLAS's
-own alpha/beta. 1x1/stride-1/unpadded convolutions of large images need no
-column matrix at all (``x[n]`` already is one).
+Three formulations, chosen per call from the geometry:
 
-Backward data is ``col = W_g^T @ dY_g`` followed by a scatter-add (col2im);
-backward filter accumulates ``dW_g += dY_g @ col^T`` over blocks.
+* **pointwise** (1x1, stride 1, no padding): ``Y[n] = W @ X[n]``; an image
+  already is its column matrix, so large images need no copy at all.
+* **phase-split implicit GEMM** (:func:`shift_forward`, forward pass only;
+  see :func:`use_shift` for when): the padded image is split into
+  ``stride_h*stride_w`` phases and every filter tap is one GEMM reading a
+  plain slice of a phase, accumulating with beta=1. No column matrix; the
+  output lives on a slightly wider grid whose junk columns are dropped.
+* **im2col + GEMM** otherwise: per group ``Y_g (Kg, cols) = W_g (Kg, Cg*R*S) @
+  col`` with one column per output pixel (layout in ``_conv_numba``). The
+  column matrix of a batch is never materialised whole: the work is cut into
+  *blocks* (several whole images when images are small, else bands of output
+  rows of one image) of at most ``COL_BLOCK_ELEMS`` elements. Backward data is
+  ``col = W_g^T @ dY_g`` and a scatter-add (col2im); backward filter
+  accumulates ``dW_g += dY_g @ col^T``.
 
-Geometries with enough channels and output columns skip the column matrix
-altogether: the *phase-split implicit GEMM* (``shift_*`` below) runs one GEMM
-per filter tap straight on a phase of the padded input.
+Parallelism: the blocks (or images) are *work items* run by
+:func:`~._conv_gemm.parallel_for` on as many threads as OpenBLAS would use,
+each item doing its own lowering and single-threaded GEMMs into its own part
+of the output; so lowering and GEMM of different images overlap, and no BLAS
+pool spins or synchronises between short calls. Items of the filter gradient
+sum into a partial per thread, added up at the end.
 
 A *lowering* supplies the im2col/col2im moves: :class:`NumpyLowering` (plain
 numpy slicing, used by the ``blas`` provider) or :class:`NumbaLowering`
-(serial numba kernels, used by the ``numba`` provider; serial so that they
-never compete with OpenBLAS's own threads, which run the GEMMs). Workspaces are
-cached per thread and only grow, so steady-state calls do not allocate big
-buffers.
+(serial ``nogil`` numba kernels, used by the ``numba`` provider). Workspaces
+are cached per thread and only grow, so steady-state calls do not allocate
+big buffers.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
 
 from ._common import blend
-from ._conv_gemm import gemm
+from ._conv_gemm import gemm, parallel_for, threads
 
-#: Largest column block (elements). 1 Mi float32 = 4 MiB, a fraction of L3.
+#: Largest column block (elements) of one work item. 1 Mi float32 = 4 MiB.
 COL_BLOCK_ELEMS = 1 << 20
 #: A 1x1 stride-1 conv uses x[n] as its column matrix when an image has at
 #: least this many pixels; smaller images are batched into one wider GEMM.
@@ -117,7 +124,8 @@ class NumpyLowering:
     def gather(a, buf, n0, nb, c0, cn):
         """buf (cn, nb*HW) <- a[n0:n0+nb, c0:c0+cn] with images side by side."""
         n, c, h, w = a.shape
-        buf.reshape(cn, nb, h * w)[...] = a[n0:n0 + nb, c0:c0 + cn].reshape(nb, cn, h * w).transpose(1, 0, 2)
+        src = a[n0:n0 + nb, c0:c0 + cn].reshape(nb, cn, h * w)
+        buf.reshape(cn, nb, h * w)[...] = src.transpose(1, 0, 2)
 
 
 class NumbaLowering:
@@ -146,19 +154,30 @@ def _pointwise(g) -> bool:
     return g.R == 1 and g.S == 1 and g.ph == 0 and g.pw == 0 and g.sh == 1 and g.sw == 1
 
 
-def plan(g, rows: int) -> list[tuple[int, int, int, int]]:
+def _per_image(g) -> bool:
+    """Whether a pointwise image is big enough to be its own column matrix."""
+    return _pointwise(g) and g.P * g.Q >= POINTWISE_MIN_COLS
+
+
+def plan(g, rows: int, parts: int = 1) -> list[tuple[int, int, int, int]]:
     """Blocks (n0, nb, p0, np_) covering all images and output rows, in order.
 
     A block is either ``nb >= 1`` whole images or a band of ``np_`` output rows
     of one image, sized so its column matrix (``rows`` x ``nb*np_*Q``) stays
-    within :data:`COL_BLOCK_ELEMS` (a single output row may exceed it).
+    within :data:`COL_BLOCK_ELEMS` (a single output row may exceed it). Whole-
+    image blocks are balanced over ``parts`` threads: their count is a multiple
+    of ``parts`` where the batch allows. Large pointwise images are one block
+    each, split into column bands when there are fewer images than ``parts``.
     """
+    if _per_image(g):
+        nbands = -(-parts // g.N) if g.N < parts else 1
+        band = -(-g.P // min(nbands, g.P))
+        return [(n, 1, p0, min(band, g.P - p0)) for n in range(g.N) for p0 in range(0, g.P, band)]
     per_image = rows * g.P * g.Q
-    if _pointwise(g) and g.P * g.Q >= POINTWISE_MIN_COLS:
-        return [(n, 1, 0, g.P) for n in range(g.N)]
     if per_image <= COL_BLOCK_ELEMS:
-        nb = max(1, min(g.N, COL_BLOCK_ELEMS // per_image))
+        nb = max(1, min(g.N, COL_BLOCK_ELEMS // per_image, -(-g.N // parts)))
         nblocks = -(-g.N // nb)
+        nblocks = min(g.N, -(-nblocks // parts) * parts)
         nb = -(-g.N // nblocks)
         return [(n0, min(nb, g.N - n0), 0, g.P) for n0 in range(0, g.N, nb)]
     band = max(1, COL_BLOCK_ELEMS // (rows * g.Q))
@@ -172,6 +191,64 @@ def _direct(out: np.ndarray, cdt: np.dtype) -> bool:
     return out.dtype == cdt and out.flags.c_contiguous
 
 
+#: Filter gradients of at least this many elements are summed and blended by
+#: all threads (row chunks); smaller ones by the calling thread.
+FINISH_PARALLEL_MIN = 1 << 16
+
+
+class _Partials:
+    """Per-thread partial sums of a filter gradient, one buffer per participating thread.
+
+    The buffers are workspaces of the thread that creates this object (the
+    caller of the op), not of the helpers: a pool thread may move on to
+    another call while this one still sums its partial. A partial is a
+    (K, Cg*R*S) matrix; :meth:`finish` adds them up and blends the total into
+    the (K, Cg, R, S) output.
+    """
+
+    def __init__(self, name: str, kcrs: tuple, dtype):
+        K, Cg, R, S = kcrs
+        self.kcrs, self.dtype = kcrs, dtype
+        self.spare = [workspace(f"{name}.{i}", (K, Cg * R * S), dtype) for i in range(threads())]
+        self.claims = itertools.count()
+        self.parts: dict[int, np.ndarray] = {}
+
+    def mine(self) -> np.ndarray:
+        """The calling thread's partial, zeroed when it first asks during this call."""
+        key = threading.get_ident()
+        part = self.parts.get(key)
+        if part is None:
+            i = next(self.claims)  # atomic under the GIL
+            if i < len(self.spare):
+                part = self.spare[i]
+            else:  # more threads than planned for (the thread count changed meanwhile)
+                part = np.empty(self.spare[0].shape, self.dtype)
+            part.fill(0)
+            self.parts[key] = part  # one thread per key: no race
+        return part
+
+    def finish(self, out: np.ndarray, alpha: float, beta: float, flip: bool) -> None:
+        """out = alpha * (sum of the partials, flipped in R and S if asked) + beta * out.
+
+        Row chunks of K run in parallel for large gradients; the sum is formed
+        in place in one of the partials.
+        """
+        views = [p.reshape(self.kcrs) for p in (list(self.parts.values()) or [self.mine()])]
+        K = out.shape[0]
+        nchunks = min(K, threads()) if out.size >= FINISH_PARALLEL_MIN else 1
+        bounds = [K * i // nchunks for i in range(nchunks + 1)]
+
+        def chunk(i):
+            k0, k1 = bounds[i], bounds[i + 1]
+            total = views[0][k0:k1]
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf sums stay silent
+                for v in views[1:]:
+                    total += v[k0:k1]
+            blend(out[k0:k1], total[:, :, ::-1, ::-1] if flip else total, alpha, beta)
+
+        parallel_for(nchunks, chunk)
+
+
 # --------------------------------------------------------------------------- #
 # Phase-split implicit GEMM: no column matrix at all
 # --------------------------------------------------------------------------- #
@@ -183,13 +260,13 @@ def _direct(out: np.ndarray, cdt: np.dtype) -> bool:
 # once that is the plain (Cg, L) slice [off_rs, off_rs + L) of the phase, with
 # L = (P-1)*Wph + Q. So each tap is one GEMM reading x in place (BLAS's leading
 # dimension does the striding); the output lives on a P x Wph grid whose last
-# Wph - Q columns are junk and are dropped (or, for gradients, zeroed).
+# Wph - Q columns are junk and are dropped.
 
 #: Use the phase-split path when a group has at least this many channels
 #: (each tap's GEMM has inner dimension Cg) ...
 SHIFT_MIN_CHANNELS = 16
-#: ... and an image gives at least this many GEMM columns (L).
-SHIFT_MIN_COLS = 512
+#: ... and, for several taps, an image gives at least this many GEMM columns (L).
+SHIFT_MIN_COLS = 2048
 
 
 class _Taps:
@@ -209,23 +286,24 @@ class _Taps:
 
 
 def use_shift(g) -> bool:
-    """Whether the phase-split path suits this geometry (enough channels and columns)."""
+    """Whether the forward pass takes the phase-split path.
+
+    A strided 1x1 convolution (one tap, one phase, no junk columns) does when
+    an image gives >= ``POINTWISE_MIN_COLS`` columns: its phase is then the
+    column matrix and the GEMM writes straight into y. Several taps only pay
+    at stride 1 with >= ``SHIFT_MIN_COLS`` columns per image: per-tap GEMMs
+    have inner dimension Cg only, and beat im2col (one GEMM with Cg*R*S)
+    where the column matrix would be large. The gradients always use im2col:
+    per-tap GEMMs of the filter gradient have a tiny (Kg, Cg) output, and
+    measured no faster for the data gradient.
+    """
     if _pointwise(g) or g.Cg < SHIFT_MIN_CHANNELS:
         return False
     t = _Taps(g)
-    return t.L >= SHIFT_MIN_COLS and t.Wph * g.P <= 1.25 * g.P * g.Q
-
-
-def _all_finite(a: np.ndarray) -> bool:
-    """No NaN/inf in a (one summing pass; a huge finite sum just says False).
-
-    The phase-split gradients multiply the zeroed junk columns of dY by real
-    pixels of x (filter gradient) or by w (data gradient); 0 * inf would put a
-    NaN where the definition has none, so non-finite operands take the
-    im2col path, whose zeros only meet padding as in the reference.
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(a.sum(dtype=np.float32 if a.dtype == np.float16 else a.dtype)))
+    if g.R * g.S == 1:
+        return t.Wph == g.Q and t.L >= POINTWISE_MIN_COLS
+    return (g.sh == g.sw == 1 and t.L >= SHIFT_MIN_COLS
+            and t.Wph * g.P <= 1.25 * g.P * g.Q)
 
 
 def _phase_split(xn, buf, t, g, phases):
@@ -253,23 +331,15 @@ def _packed_taps(w, cdt):
     return out
 
 
-def _dy_extended(dyn, t, g, cdt):
-    """dy[n] (K, P, Q) on the P x Wph grid, junk columns zeroed: (K, P*Wph)."""
-    buf = workspace("conv.dyx", (g.K, g.P * t.Wph), cdt)
-    grid = buf.reshape(g.K, g.P, t.Wph)
-    grid[:, :, :g.Q] = dyn
-    grid[:, :, g.Q:] = 0
-    return buf
-
-
 def shift_forward(x, w, y, g, alpha, beta):
-    """Forward pass by phase-split implicit GEMM (see the section comment)."""
+    """Forward pass by phase-split implicit GEMM (see the section comment), one item per image."""
     cdt = compute_dtype(y.dtype)
     t = _Taps(g)
     wt = _packed_taps(w, cdt)
-    xph = workspace("conv.phases", (g.sh * g.sw, g.C, t.Hph * t.Wph), cdt)
     direct = _direct(y, cdt) and t.Wph == g.Q
-    for n in range(g.N):
+
+    def image(n):
+        xph = workspace("conv.phases", (g.sh * g.sw, g.C, t.Hph * t.Wph), cdt)
         _phase_split(x[n], xph, t, g, t.phases)
         for gi in range(g.G):
             k0, c0 = gi * g.Kg, gi * g.Cg
@@ -285,50 +355,12 @@ def shift_forward(x, w, y, g, alpha, beta):
             if not direct:
                 blend(y[n, k0:k0 + g.Kg], out.reshape(g.Kg, g.P, t.Wph)[:, :, :g.Q], alpha, beta)
 
-
-def shift_backward_data(w, dy, dx, g, alpha, beta):
-    """Backward data: each tap's W^T @ dY is accumulated straight into the phases of dx."""
-    cdt = compute_dtype(dx.dtype)
-    t = _Taps(g)
-    wt = _packed_taps(w, cdt)
-    nph = g.sh * g.sw
-    dxph = workspace("conv.phases", (nph, g.C, t.Hph * t.Wph), cdt)
-    for n in range(g.N):
-        dyx = _dy_extended(dy[n], t, g, cdt)
-        dxph.fill(0)
-        for gi in range(g.G):
-            k0, c0 = gi * g.Kg, gi * g.Cg
-            for rs, ph, off in t.taps:
-                gemm(wt[rs, k0:k0 + g.Kg], dyx[k0:k0 + g.Kg, :t.L],
-                     dxph[ph, c0:c0 + g.Cg, off:off + t.L], 1.0, 1.0, trans_a=True)
-        for ph in range(nph):  # every pixel of dx lies in exactly one phase
-            a, b = divmod(ph, g.sw)
-            ilo, ihi = _valid(a - g.ph, g.sh, g.H, t.Hph)
-            jlo, jhi = _valid(b - g.pw, g.sw, g.W, t.Wph)
-            if ilo >= ihi or jlo >= jhi:
-                continue
-            h0, w0 = ilo * g.sh + a - g.ph, jlo * g.sw + b - g.pw
-            blend(dx[n, :, h0:h0 + (ihi - ilo - 1) * g.sh + 1:g.sh,
-                     w0:w0 + (jhi - jlo - 1) * g.sw + 1:g.sw],
-                  dxph[ph].reshape(g.C, t.Hph, t.Wph)[:, ilo:ihi, jlo:jhi], alpha, beta)
+    parallel_for(g.N, image)
 
 
-def shift_backward_filter(x, dy, g):
-    """Filter gradient (K, Cg, R, S) by per-tap dY @ phase^T GEMMs; a per-thread workspace."""
-    cdt = compute_dtype(x.dtype)
-    t = _Taps(g)
-    acc = workspace("conv.dw", (g.R * g.S, g.K, g.Cg), cdt)
-    xph = workspace("conv.phases", (g.sh * g.sw, g.C, t.Hph * t.Wph), cdt)
-    for n in range(g.N):
-        _phase_split(x[n], xph, t, g, t.phases)
-        dyx = _dy_extended(dy[n], t, g, cdt)
-        for gi in range(g.G):
-            k0, c0 = gi * g.Kg, gi * g.Cg
-            for rs, ph, off in t.taps:
-                gemm(dyx[k0:k0 + g.Kg, :t.L], xph[ph, c0:c0 + g.Cg, off:off + t.L],
-                     acc[rs, k0:k0 + g.Kg], 1.0, 0.0 if n == 0 else 1.0, trans_b=True)
-    return acc.reshape(g.R, g.S, g.K, g.Cg).transpose(2, 3, 0, 1)
-
+# --------------------------------------------------------------------------- #
+# Entry points
+# --------------------------------------------------------------------------- #
 
 def forward(lower, x, w, y, g, alpha, beta):
     """y = alpha * conv(x, w) + beta * y; w already oriented (flipped if needed)."""
@@ -339,25 +371,30 @@ def forward(lower, x, w, y, g, alpha, beta):
     wm = np.ascontiguousarray(w, dtype=cdt).reshape(g.K, -1)
     rows = g.Cg * g.R * g.S
     direct = _direct(y, cdt)
-    pointwise = _pointwise(g)
-    for n0, nb, p0, np_ in plan(g, rows):
+    blocks = plan(g, rows, threads())
+    zero_copy = _per_image(g)
+
+    def block(i):
+        n0, nb, p0, np_ = blocks[i]
         cols = nb * np_ * g.Q
+        span = slice(p0 * g.Q, (p0 + np_) * g.Q)
         for gi in range(g.G):
             k0, c0 = gi * g.Kg, gi * g.Cg
-            if pointwise and nb == 1 and np_ == g.P:
-                b = xc[n0, c0:c0 + g.Cg].reshape(g.Cg, cols)
+            if zero_copy:
+                b = xc[n0, c0:c0 + g.Cg].reshape(g.Cg, g.P * g.Q)[:, span]
             else:
                 b = workspace("conv.col", (rows, cols), cdt)
                 lower.im2col(xc, b, n0, nb, c0, p0, np_, g)
             a = wm[k0:k0 + g.Kg]
             if direct and nb == 1:
-                c = y[n0, k0:k0 + g.Kg].reshape(g.Kg, g.P * g.Q)[:, p0 * g.Q:(p0 + np_) * g.Q]
-                gemm(a, b, c, alpha, beta)
+                gemm(a, b, y[n0, k0:k0 + g.Kg].reshape(g.Kg, g.P * g.Q)[:, span], alpha, beta)
             else:
                 c = workspace("conv.out", (g.Kg, cols), cdt)
                 gemm(a, b, c)
                 blend(y[n0:n0 + nb, k0:k0 + g.Kg, p0:p0 + np_],
                       c.reshape(g.Kg, nb, np_, g.Q).transpose(1, 0, 2, 3), alpha, beta)
+
+    parallel_for(len(blocks), block)
 
 
 def _dy_block(lower, dyc, n0, nb, k0, p0, np_, g, cdt):
@@ -369,40 +406,51 @@ def _dy_block(lower, dyc, n0, nb, k0, p0, np_, g, cdt):
     return buf
 
 
+def _by_images(blocks):
+    """Blocks grouped into items of whole images: [(n0, nb, [(p0, np_), ...]), ...]."""
+    items: list = []
+    for n0, nb, p0, np_ in blocks:
+        if items and items[-1][0] == n0:
+            items[-1][2].append((p0, np_))
+        else:
+            items.append((n0, nb, [(p0, np_)]))
+    return items
+
+
 def backward_data(lower, w, dy, dx, g, alpha, beta):
     """dx = alpha * conv_transpose(dy, w) + beta * dx; w already oriented."""
     cdt = compute_dtype(dx.dtype)
-    if use_shift(g) and _all_finite(w):
-        return shift_backward_data(w, dy, dx, g, alpha, beta)
     dyc = np.ascontiguousarray(dy, dtype=cdt)
     wm = np.ascontiguousarray(w, dtype=cdt).reshape(g.K, -1)
     rows = g.Cg * g.R * g.S
     direct = _direct(dx, cdt)
-    blocks = plan(g, rows)
-    if _pointwise(g) and blocks[0][1] == 1:
-        # dx[n] = W^T @ dy[n]: no col2im at all.
-        for n in range(g.N):
+    blocks = plan(g, rows, threads())
+    if _per_image(g):
+        # dx[n] = W^T @ dy[n], band by band: no col2im at all.
+        def band(i):
+            n, _, p0, np_ = blocks[i]
+            span = slice(p0 * g.Q, (p0 + np_) * g.Q)
             for gi in range(g.G):
                 k0, c0 = gi * g.Kg, gi * g.Cg
-                b = dyc[n, k0:k0 + g.Kg].reshape(g.Kg, g.P * g.Q)
+                b = dyc[n, k0:k0 + g.Kg].reshape(g.Kg, g.P * g.Q)[:, span]
                 if direct:
-                    gemm(wm[k0:k0 + g.Kg], b, dx[n, c0:c0 + g.Cg].reshape(g.Cg, -1),
+                    gemm(wm[k0:k0 + g.Kg], b, dx[n, c0:c0 + g.Cg].reshape(g.Cg, -1)[:, span],
                          alpha, beta, trans_a=True)
                 else:
-                    c = workspace("conv.out", (g.Cg, g.H * g.W), cdt)
+                    c = workspace("conv.out", (g.Cg, np_ * g.Q), cdt)
                     gemm(wm[k0:k0 + g.Kg], b, c, trans_a=True)
-                    blend(dx[n, c0:c0 + g.Cg], c.reshape(g.Cg, g.H, g.W), alpha, beta)
+                    blend(dx[n, c0:c0 + g.Cg, p0:p0 + np_], c.reshape(g.Cg, np_, g.W), alpha, beta)
+
+        parallel_for(len(blocks), band)
         return
-    i = 0
-    while i < len(blocks):
-        n0, nb = blocks[i][:2]
-        j = i
-        while j < len(blocks) and blocks[j][0] == n0:
-            j += 1
+    items = _by_images(blocks)  # col2im of one image's bands overlap: one thread per image
+
+    def image_block(i):
+        n0, nb, bands = items[i]
         into_dx = direct and beta == 0
         acc = dx[n0:n0 + nb] if into_dx else workspace("conv.dx", (nb, g.C, g.H, g.W), cdt)
         acc.fill(0)
-        for _, _, p0, np_ in blocks[i:j]:
+        for p0, np_ in bands:
             cols = nb * np_ * g.Q
             for gi in range(g.G):
                 k0, c0 = gi * g.Kg, gi * g.Cg
@@ -415,34 +463,33 @@ def backward_data(lower, w, dy, dx, g, alpha, beta):
                 acc *= alpha
         else:
             blend(dx[n0:n0 + nb], acc, alpha, beta)
-        i = j
+
+    parallel_for(len(items), image_block)
 
 
-def backward_filter(lower, x, dy, g):
-    """The filter gradient sum_n dY @ col(x)^T as a (K, Cg, R, S) array in the compute dtype.
-
-    Returned array is a per-thread workspace: the caller blends it into dw
-    (and flips it for true convolution) before the next call.
-    """
+def backward_filter(lower, x, dy, dw, g, alpha, beta, flip):
+    """dw = alpha * sum_n dY @ col(x)^T + beta * dw, flipped in R and S when ``flip``."""
     cdt = compute_dtype(x.dtype)
-    if use_shift(g) and _all_finite(x):
-        return shift_backward_filter(x, dy, g)
     xc = np.ascontiguousarray(x, dtype=cdt)
     dyc = np.ascontiguousarray(dy, dtype=cdt)
     rows = g.Cg * g.R * g.S
-    acc = workspace("conv.dw", (g.K, rows), cdt)
-    pointwise = _pointwise(g)
-    first = True
-    for n0, nb, p0, np_ in plan(g, rows):
+    acc = _Partials("conv.dw", (g.K, g.Cg, g.R, g.S), cdt)
+    blocks = plan(g, rows, threads())
+    zero_copy = _per_image(g)
+
+    def block(i):
+        n0, nb, p0, np_ = blocks[i]
         cols = nb * np_ * g.Q
+        part = acc.mine()
         for gi in range(g.G):
             k0, c0 = gi * g.Kg, gi * g.Cg
-            if pointwise and nb == 1 and np_ == g.P:
-                b = xc[n0, c0:c0 + g.Cg].reshape(g.Cg, cols)
+            if zero_copy:
+                b = xc[n0, c0:c0 + g.Cg].reshape(g.Cg, g.P * g.Q)[:, p0 * g.Q:(p0 + np_) * g.Q]
             else:
                 b = workspace("conv.col", (rows, cols), cdt)
                 lower.im2col(xc, b, n0, nb, c0, p0, np_, g)
             a = _dy_block(lower, dyc, n0, nb, k0, p0, np_, g, cdt)
-            gemm(a, b, acc[k0:k0 + g.Kg], 1.0, 0.0 if first else 1.0, trans_b=True)
-        first = False
-    return acc.reshape(g.K, g.Cg, g.R, g.S)
+            gemm(a, b, part[k0:k0 + g.Kg], 1.0, 1.0, trans_b=True)
+
+    parallel_for(len(blocks), block)
+    acc.finish(dw, alpha, beta, flip)

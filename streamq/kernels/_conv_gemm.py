@@ -11,12 +11,24 @@ be found or fails its self-test. Both routes give the same results up to
 floating-point rounding.
 
 Only float32 and float64 are supported; callers convert float16 themselves.
+
+The module also runs the convolution engine's work items in parallel
+(:func:`parallel_for`): one item per thread at a time, each item doing its own
+lowering and single-threaded GEMMs, so lowering and GEMM of different images
+overlap and no BLAS thread pool spins between short calls. While such a loop
+runs, the OpenBLAS thread count is held at 1 (:func:`serial_blas`) and restored
+afterwards; the loop uses as many threads as OpenBLAS had (the count streamq's
+runtime caps per CMG), so it never spreads wider than a BLAS call would.
 """
 
 from __future__ import annotations
 
 import ctypes
+import itertools
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -24,6 +36,11 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 _lock = threading.Lock()
 _funcs: dict | None = None  # dtype -> ctypes function, or {} when unavailable
+_threads_api: tuple | None = None  # (get, set) of OpenBLAS's thread count, or ()
+
+#: Threads for :func:`parallel_for`; None: as many as OpenBLAS uses. Tests set it
+#: to exercise the parallel engine on any machine.
+THREADS: int | None = None
 
 
 def _find_openblas() -> list[str]:
@@ -35,6 +52,20 @@ def _find_openblas() -> list[str]:
         return []
     paths = [i["filepath"] for i in infos if i.get("internal_api") == "openblas"]
     return sorted(paths, key=lambda p: "numpy" not in p)
+
+
+def _bind_threads(lib) -> tuple:
+    """(get, set) of the library's process-wide thread count, or () if absent."""
+    for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
+        try:
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}")
+            put = getattr(lib, f"{prefix}_set_num_threads{suffix}")
+        except AttributeError:
+            continue
+        get.restype, get.argtypes = ctypes.c_int, []
+        put.restype, put.argtypes = None, [ctypes.c_int]
+        return get, put
+    return ()
 
 
 def _bind(path: str) -> dict:
@@ -75,19 +106,21 @@ def _self_test(fs: dict) -> bool:
 
 
 def _functions() -> dict:
-    global _funcs
+    global _funcs, _threads_api
     if _funcs is None:
         with _lock:
             if _funcs is None:
                 found: dict = {}
+                api: tuple = ()
                 for path in _find_openblas():
                     try:
                         fs = _bind(path)
                         if fs and _self_test(fs):
-                            found = fs
+                            found, api = fs, _bind_threads(ctypes.CDLL(path))
                             break
                     except (OSError, ValueError):  # pragma: no cover - exotic builds
                         continue
+                _threads_api = api
                 _funcs = found
     return _funcs
 
@@ -150,3 +183,130 @@ def gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray, alpha: float = 1.0,
     else:
         c *= beta
         c += prod * alpha if alpha != 1 else prod
+
+
+# --------------------------------------------------------------------------- #
+# Parallel work items over single-threaded BLAS
+# --------------------------------------------------------------------------- #
+
+_serial_lock = threading.Lock()
+_serial_holders = 0
+_serial_saved = 0
+_pool: ThreadPoolExecutor | None = None
+
+
+def _blas_threads_now() -> int:
+    """OpenBLAS's thread count as callers see it outside :func:`serial_blas` (1 if unknown)."""
+    _functions()
+    if not _threads_api:
+        return 1
+    with _serial_lock:
+        if _serial_holders:
+            return _serial_saved
+    return max(1, int(_threads_api[0]()))
+
+
+def threads() -> int:
+    """How many threads :func:`parallel_for` uses: :data:`THREADS`, else OpenBLAS's count."""
+    if THREADS is not None:
+        return max(1, int(THREADS))
+    return _blas_threads_now()
+
+
+def _restore_count(saved: int) -> int:
+    """The count to restore: saved, but never above a cap streamq applied meanwhile."""
+    try:
+        from .._limits import blas_thread_limit
+        cap = blas_thread_limit()
+    except ImportError:  # pragma: no cover - used outside the package
+        cap = None
+    return saved if cap is None else max(1, min(saved, cap))
+
+
+@contextmanager
+def serial_blas():
+    """Hold OpenBLAS to one thread per call while the block runs (process-wide, counted).
+
+    Nested and concurrent holders share one hold; the last one out restores
+    the count the first one found (lowered to streamq's cap if one was set
+    meanwhile). A no-op when the thread count cannot be controlled.
+    """
+    global _serial_holders, _serial_saved
+    _functions()
+    if not _threads_api:
+        yield
+        return
+    get, put = _threads_api
+    with _serial_lock:
+        if _serial_holders == 0:
+            _serial_saved = max(1, int(get()))
+            if _serial_saved > 1:
+                put(1)
+        _serial_holders += 1
+    try:
+        yield
+    finally:
+        with _serial_lock:
+            _serial_holders -= 1
+            if _serial_holders == 0 and _serial_saved > 1:
+                put(_restore_count(_serial_saved))
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: a fresh pool, no hold, BLAS as before."""
+    global _pool, _serial_lock, _serial_holders
+    if _serial_holders and _threads_api and _serial_saved > 1:
+        _threads_api[1](_restore_count(_serial_saved))  # forked inside a loop of the parent
+    _pool, _serial_lock, _serial_holders = None, threading.Lock(), 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
+                                           thread_name_prefix="streamq-conv")
+    return _pool
+
+
+def parallel_for(n_items: int, body) -> None:
+    """Call ``body(i)`` for every i in range(n_items), on up to :func:`threads` threads.
+
+    The calling thread takes part and items are handed out in order, one at a
+    time, so the loop finishes even when the helper pool is busy elsewhere.
+    Items must be independent (each writes its own part of the output). With
+    more than one thread, OpenBLAS is held to one thread per call meanwhile
+    (:func:`serial_blas`). The first exception raised by an item is re-raised
+    after every started item has stopped; items not yet started are skipped.
+    """
+    degree = min(n_items, threads())
+    if degree <= 1:
+        for i in range(n_items):
+            body(i)
+        return
+    counter = itertools.count()
+    errors: list[BaseException] = []
+
+    def drain() -> None:
+        while not errors:
+            i = next(counter)  # atomic under the GIL
+            if i >= n_items:
+                return
+            try:
+                body(i)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                errors.append(exc)
+
+    with serial_blas():
+        helpers = [_executor().submit(drain) for _ in range(degree - 1)]
+        drain()
+        for f in helpers:
+            if not f.cancel():  # a helper that never started has nothing to wait for
+                f.result()
+    if errors:
+        raise errors[0]

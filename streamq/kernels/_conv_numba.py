@@ -16,7 +16,7 @@ output pixel ``(i, p, q)`` -> ``(i*np_ + (p - p0))*Q + q``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 _JIT = dict(cache=True, nogil=True, fastmath=False)
 
@@ -30,56 +30,96 @@ def _q_range(off, sw, W, Q):
     return lo, max(lo, hi)
 
 
+# The lowering kernels index flat views with unsigned integers: numba then
+# emits no negative-index wrap-around code and LLVM vectorises the copies
+# (about 3x faster than 4-D signed indexing).
+
+@njit(inline="always")
+def _copy_run(dst, d0, src, s0, n, step):
+    """dst[d0 + i] = src[s0 + i*step] for i < n (all unsigned offsets)."""
+    d0, s0, n = uint64(d0), uint64(s0), uint64(n)
+    if step == 1:
+        for i in range(n):
+            dst[d0 + i] = src[s0 + i]
+    else:
+        st = uint64(step)
+        for i in range(n):
+            dst[d0 + i] = src[s0 + i * st]
+
+
+@njit(inline="always")
+def _add_run(dst, d0, src, s0, n, step):
+    """dst[d0 + i*step] += src[s0 + i] for i < n (the adjoint of _copy_run)."""
+    d0, s0, n = uint64(d0), uint64(s0), uint64(n)
+    if step == 1:
+        for i in range(n):
+            dst[d0 + i] += src[s0 + i]
+    else:
+        st = uint64(step)
+        for i in range(n):
+            dst[d0 + i * st] += src[s0 + i]
+
+
+@njit(inline="always")
+def _zero_run(dst, d0, n):
+    d0, n = uint64(d0), uint64(n)
+    for i in range(n):
+        dst[d0 + i] = 0
+
+
 @njit(**_JIT)
 def im2col(x, col, n0, nb, c0, cg, p0, np_, Q, R, S, ph, pw, sh, sw, dh, dw):
-    """Fill ``col`` (cg*R*S, nb*np_*Q) from x (N, C, H, W); zero where padded."""
-    H = x.shape[2]
-    W = x.shape[3]
-    for row in prange(cg * R * S):
-        c = row // (R * S)
-        r = (row // S) % R
-        s = row % S
-        off = s * dw - pw
-        lo, hi = _q_range(off, sw, W, Q)
-        for i in range(nb):
-            for pp in range(np_):
-                h = (p0 + pp) * sh - ph + r * dh
-                base = (i * np_ + pp) * Q
-                if h < 0 or h >= H:
-                    for q in range(Q):
-                        col[row, base + q] = 0
-                    continue
-                for q in range(lo):
-                    col[row, base + q] = 0
-                if sw == 1:
-                    for q in range(lo, hi):
-                        col[row, base + q] = x[n0 + i, c0 + c, h, q + off]
-                else:
-                    for q in range(lo, hi):
-                        col[row, base + q] = x[n0 + i, c0 + c, h, q * sw + off]
-                for q in range(hi, Q):
-                    col[row, base + q] = 0
+    """Fill ``col`` (cg*R*S, nb*np_*Q) from x (N, C, H, W); zero where padded.
 
-
-@njit(**_JIT)
-def col2im_add(col, dx, nb, c0, cg, p0, np_, Q, R, S, ph, pw, sh, sw, dh, dw):
-    """Scatter-add ``col`` (cg*R*S, nb*np_*Q) into dx[0:nb, c0:c0+cg] (the adjoint of im2col)."""
-    H = dx.shape[2]
-    W = dx.shape[3]
-    for c in prange(cg):
+    x and col must be C-contiguous (flat views are indexed).
+    """
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    xf = x.reshape(-1)
+    cf = col.reshape(-1)
+    ncols = nb * np_ * Q
+    for c in range(cg):
         for r in range(R):
             for s in range(S):
                 row = (c * R + r) * S + s
                 off = s * dw - pw
                 lo, hi = _q_range(off, sw, W, Q)
                 for i in range(nb):
+                    plane = ((n0 + i) * C + c0 + c) * H
+                    for pp in range(np_):
+                        h = (p0 + pp) * sh - ph + r * dh
+                        d = row * ncols + (i * np_ + pp) * Q
+                        if h < 0 or h >= H:
+                            _zero_run(cf, d, Q)
+                            continue
+                        _zero_run(cf, d, lo)
+                        _copy_run(cf, d + lo, xf, (plane + h) * W + lo * sw + off, hi - lo, sw)
+                        _zero_run(cf, d + hi, Q - hi)
+
+
+@njit(**_JIT)
+def col2im_add(col, dx, nb, c0, cg, p0, np_, Q, R, S, ph, pw, sh, sw, dh, dw):
+    """Scatter-add ``col`` (cg*R*S, nb*np_*Q) into dx[0:nb, c0:c0+cg] (the adjoint of im2col).
+
+    col and dx must be C-contiguous.
+    """
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    xf = dx.reshape(-1)
+    cf = col.reshape(-1)
+    ncols = nb * np_ * Q
+    for c in range(cg):
+        for r in range(R):
+            for s in range(S):
+                row = (c * R + r) * S + s
+                off = s * dw - pw
+                lo, hi = _q_range(off, sw, W, Q)
+                for i in range(nb):
+                    plane = (i * C + c0 + c) * H
                     for pp in range(np_):
                         h = (p0 + pp) * sh - ph + r * dh
                         if h < 0 or h >= H:
                             continue
-                        base = (i * np_ + pp) * Q
-                        for q in range(lo, hi):
-                            dx[i, c0 + c, h, q * sw + off] += col[row, base + q]
+                        d = row * ncols + (i * np_ + pp) * Q
+                        _add_run(xf, (plane + h) * W + lo * sw + off, cf, d + lo, hi - lo, sw)
 
 
 @njit(parallel=True, **_JIT)

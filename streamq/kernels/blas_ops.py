@@ -24,8 +24,10 @@ touched.
 Dtypes: float32 (``S``) and float64 (``D``) functions, plus float16 (``H``,
 computed in float32 and rounded once). All arrays of one call share a dtype.
 
-Providers: ``blas`` (numpy matmul / BLAS over strided views of the flat
-arrays, no copies where numpy can hand the views to BLAS directly) and
+Providers: ``blas`` (GEMM: one direct ``cblas_?gemm`` call with BLAS's own
+alpha/beta on strided views of the flat arrays, numpy matmul where that cannot
+be used; other ops: numpy / BLAS over strided views, no copies where numpy can
+hand the views to BLAS directly) and
 ``reference`` (float64 numpy, rounded once into the output dtype; the oracle).
 Full contract per op: ``docs/kernels/blas.md``.
 """
@@ -39,6 +41,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._common import check_array, check_float
+from ._conv_gemm import gemm as cblas_gemm
+from ._conv_gemm import have_cblas
 from .registry import register
 
 __all__ = [
@@ -298,9 +302,16 @@ def _gemm_blas_run(g: _Gemm) -> None:
         return
     a, b = g.ab_views()
     # C is column-major, so C^T is a row-major view with leading dim ldc, which is
-    # what numpy's matmul hands to BLAS without a copy: C^T = op(B)^T op(A)^T.
+    # what BLAS (directly, or through numpy's matmul) takes without a copy:
+    # C^T = op(B)^T op(A)^T.
     ct, at, bt = c.swapaxes(-1, -2), a.swapaxes(-1, -2), b.swapaxes(-1, -2)
     work = _work_dtype(c.dtype)
+    if (work == c.dtype and c.ndim == 2 and have_cblas()
+            and not (np.may_share_memory(c, a) or np.may_share_memory(c, b))):
+        # One cblas_?gemm call with BLAS's own alpha/beta: no temporary, one pass
+        # over C (cblas_gemm falls back to matmul for views BLAS cannot take).
+        cblas_gemm(bt, at, ct, g.alpha, g.beta)
+        return
     if g.beta == 0 and work == c.dtype:
         np.matmul(bt, at, out=ct)
         if g.alpha != 1:
@@ -350,7 +361,10 @@ def gemm_reference(transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
     _gemm_reference_run(_Gemm(transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc))
 
 
-gemm_blas.__doc__ = _GEMM_DOC + "\n    Provider blas: numpy matmul over strided views.\n"
+gemm_blas.__doc__ = _GEMM_DOC + (
+    "\n    Provider blas: one cblas_?gemm call on strided views (BLAS's own"
+    "\n    alpha/beta, no temporaries); numpy matmul for float16, for views"
+    "\n    BLAS cannot take, or when C overlaps A or B.\n")
 gemm_reference.__doc__ = _GEMM_DOC + "\n    Provider reference: float64, rounded once.\n"
 
 _GEMM_BATCHED_DOC = """batchCount GEMMs, as cublas<t>gemmStridedBatched.

@@ -24,10 +24,11 @@ overlap the inputs. Bad arguments raise ValueError/TypeError naming the
 parameter, before anything is written.
 
 Providers: ``reference`` (numpy einsum over a padded sliding-window view, the
-oracle), ``blas`` (phase-split implicit GEMM, or blocked im2col by numpy
-slicing, + OpenBLAS GEMM),
-``numba`` (blocked im2col/col2im by numba kernels + OpenBLAS GEMM,
-and direct numba loops for depthwise convolution and the bias reduction).
+oracle), ``blas`` (the GEMM engine of ``_conv_fast`` with im2col/col2im by
+numpy slicing), ``numba`` (the same engine with im2col/col2im by numba
+kernels, plus direct numba loops for depthwise convolution and the bias
+reduction). The engine runs images (or blocks of them) as parallel work items
+on as many threads as OpenBLAS uses, each with single-threaded GEMMs.
 """
 
 from __future__ import annotations
@@ -302,7 +303,7 @@ def convolution_backward_bias_reference(dy, db, *, alpha=1.0, beta=0.0):
 
 
 # --------------------------------------------------------------------------- #
-# blas and numba: blocked im2col + GEMM (_conv_fast), numba direct depthwise
+# blas and numba: the GEMM engine (_conv_fast), numba direct depthwise
 # --------------------------------------------------------------------------- #
 
 def _depthwise(g: ConvGeometry) -> bool:
@@ -336,7 +337,7 @@ def _forward(lowering_name):
         _conv_fast.forward(lower, x, _oriented(w, mode), y, c.g, c.alpha, c.beta)
 
     convolution_forward.__doc__ = (
-        f"y = alpha * conv(x, w) + beta * y by blocked im2col + GEMM ({lowering_name} provider).")
+        f"y = alpha * conv(x, w) + beta * y by implicit or im2col GEMM ({lowering_name} provider).")
     return convolution_forward
 
 
@@ -354,7 +355,8 @@ def _backward_data(lowering_name):
         _conv_fast.backward_data(lower, _oriented(w, mode), dy, dx, c.g, c.alpha, c.beta)
 
     convolution_backward_data.__doc__ = (
-        f"dx = alpha * grad_x + beta * dx by GEMM + blocked col2im ({lowering_name} provider).")
+        f"dx = alpha * grad_x + beta * dx by phase-split GEMM or GEMM + col2im "
+        f"({lowering_name} provider).")
     return convolution_backward_data
 
 
@@ -371,11 +373,10 @@ def _backward_filter(lowering_name):
             _numba_direct(_conv_numba.depthwise_backward_filter, tmp, (x, dy), c.g, 1.0, 0.0)
             blend(dw, _oriented(tmp, mode), c.alpha, c.beta)
             return
-        grad = _conv_fast.backward_filter(lower, x, dy, c.g)
-        blend(dw, _oriented(grad, mode), c.alpha, c.beta)
+        _conv_fast.backward_filter(lower, x, dy, dw, c.g, c.alpha, c.beta, mode == "convolution")
 
     convolution_backward_filter.__doc__ = (
-        f"dw = alpha * grad_w + beta * dw by blocked im2col + GEMM ({lowering_name} provider).")
+        f"dw = alpha * grad_w + beta * dw by implicit or im2col GEMM ({lowering_name} provider).")
     return convolution_backward_filter
 
 

@@ -208,6 +208,47 @@ def test_gemm_non_contiguous_flat_arrays(provider):
 
 
 @pytest.mark.parametrize("provider", P("cublas.gemm"))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_operands_in_one_device_buffer(provider, dtype):
+    """A, B, C as flat views into one allocation (as device memory is): only C's m x n changes."""
+    r = rng(17)
+    m, n, k, lda, ldb, ldc = 6, 5, 7, 9, 8, 10
+    pool = randn(r, 600, dtype)
+    A, B, C = pool[0:], pool[100:], pool[200:]  # each view runs to the end of the pool
+    want = naive_gemm("T", "N", m, n, k, 1.5, A.copy(), lda, B.copy(), ldb, -0.5, C.copy(), ldc)
+    before = pool.copy()
+    kernels.get("cublas.gemm", provider)("T", "N", m, n, k, 1.5, A, lda, B, ldb, -0.5, C, ldc)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    mask = padding_mask(m, n, ldc, C.size)
+    np.testing.assert_allclose(C[~mask], want[~mask], rtol=rtol, atol=rtol)
+    changed = np.flatnonzero(pool != before)
+    assert set(changed) <= set(200 + np.flatnonzero(~mask))
+
+
+def test_gemm_blas_blends_without_temporaries():
+    """alpha/beta are BLAS's own: no result-sized temporary is allocated (cblas route)."""
+    import tracemalloc
+
+    from streamq.kernels import _conv_gemm
+    if not _conv_gemm.have_cblas():
+        pytest.skip("no direct cblas in this numpy build")
+    r = rng(18)
+    m = n = k = 300
+    A, B, C = (randn(r, 300 * 300, np.float32) for _ in range(3))
+    want = C.astype(np.float64) * 0.25 + 2.0 * (
+        B.astype(np.float64).reshape(300, 300) @ A.astype(np.float64).reshape(300, 300)).reshape(-1)
+    gemm = kernels.get("cublas.gemm", "blas")
+    tracemalloc.start()
+    try:
+        gemm("N", "N", m, n, k, 2.0, A, m, B, k, 0.25, C, m)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < C.nbytes // 4
+    np.testing.assert_allclose(C, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("provider", P("cublas.gemm"))
 def test_gemm_larger_square(provider):
     r = rng(8)
     m = n = k = 67

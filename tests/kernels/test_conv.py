@@ -8,7 +8,9 @@ finite differences.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -98,20 +100,26 @@ CASES = [
 
 # Paths of the fast engine, forced by its module constants so that small test
 # shapes exercise what large layers use: the phase-split implicit GEMM, banded
-# im2col (a band of output rows per block), and several images per block.
+# im2col (a band of output rows per block), several images per block, and 1x1
+# images used in place (split into column bands). ``THREADS`` sets how many
+# threads run the work items: 1 (serial, BLAS keeps its own threads) or 3
+# (more than the items of some cases, more than the cores of the test machine).
 PATHS = {
     "auto": {},
-    "phase_split": dict(SHIFT_MIN_CHANNELS=1, SHIFT_MIN_COLS=1),
-    "im2col_bands": dict(SHIFT_MIN_CHANNELS=10**9, COL_BLOCK_ELEMS=40, POINTWISE_MIN_COLS=1),
+    "auto_serial": dict(THREADS=1),
+    "phase_split": dict(SHIFT_MIN_CHANNELS=1, SHIFT_MIN_COLS=1, THREADS=3),
+    "im2col_bands": dict(SHIFT_MIN_CHANNELS=10**9, COL_BLOCK_ELEMS=40, POINTWISE_MIN_COLS=10**9,
+                         THREADS=3),
     "im2col_batched": dict(SHIFT_MIN_CHANNELS=10**9, COL_BLOCK_ELEMS=10**6,
-                           POINTWISE_MIN_COLS=10**9),
+                           POINTWISE_MIN_COLS=10**9, THREADS=3),
+    "pointwise_bands": dict(POINTWISE_MIN_COLS=1, THREADS=3),
 }
 
 
 @pytest.fixture(params=list(PATHS))
 def path(request, monkeypatch):
     for name, value in PATHS[request.param].items():
-        monkeypatch.setattr(_conv_fast, name, value)
+        monkeypatch.setattr(_conv_gemm if name == "THREADS" else _conv_fast, name, value)
     if request.param == "phase_split":
         # Wide-grid waste limit must not veto the forced path either.
         monkeypatch.setattr(_conv_fast, "use_shift", _force_shift)
@@ -119,6 +127,7 @@ def path(request, monkeypatch):
 
 
 def _force_shift(g):
+    """The phase-split forward pass for every geometry it can run (all but plain 1x1)."""
     return not _conv_fast._pointwise(g)
 
 
@@ -545,8 +554,11 @@ def test_workspaces_are_reused_in_steady_state():
     assert before == after
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("provider", FAST)
-def test_concurrent_calls_from_threads(provider):
+def test_concurrent_calls_from_threads(provider, monkeypatch):
+    """Calls from several threads at once share the helper pool and the BLAS hold."""
+    monkeypatch.setattr(_conv_gemm, "THREADS", 2)  # parallel items on any machine
     rng = np.random.default_rng(13)
     jobs = []
     for name, case in (CASES[0], CASES[7], CASES[11], ("big", dict(x=(2, 16, 24, 24), w=(16, 16, 3, 3), pad=1))):
@@ -556,7 +568,7 @@ def test_concurrent_calls_from_threads(provider):
 
     def work(seed):
         try:
-            for i in range(3):
+            for i in range(8):
                 x, w, dy, params, want = jobs[(seed + i) % len(jobs)]
                 for op in CONV_OPS:
                     assert_close(run_op(op, provider, x, w, dy, params), want[op], np.float32)
@@ -569,3 +581,212 @@ def test_concurrent_calls_from_threads(provider):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+# --------------------------------------------------------------------------- #
+# The parallel engine: work items, BLAS thread hold, block planning
+# --------------------------------------------------------------------------- #
+
+def _blas_count():
+    """OpenBLAS's process-wide thread count, or None when it cannot be read."""
+    _conv_gemm._functions()
+    return _conv_gemm._threads_api[0]() if _conv_gemm._threads_api else None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_parallel_for_runs_every_item_once(threads, monkeypatch):
+    monkeypatch.setattr(_conv_gemm, "THREADS", threads)
+    seen, lock = [], threading.Lock()
+
+    def body(i):
+        with lock:
+            seen.append(i)
+
+    _conv_gemm.parallel_for(37, body)
+    assert sorted(seen) == list(range(37))
+    _conv_gemm.parallel_for(0, body)  # nothing to do
+    assert len(seen) == 37
+
+
+@pytest.mark.timeout(60)
+def test_parallel_for_reraises_the_first_error_and_restores_blas_threads(monkeypatch):
+    monkeypatch.setattr(_conv_gemm, "THREADS", 2)
+    before = _blas_count()
+    inside = []
+
+    def body(i):
+        inside.append(_blas_count())
+        if i == 3:
+            raise KeyError("item 3")
+
+    with pytest.raises(KeyError, match="item 3"):
+        _conv_gemm.parallel_for(50, body)
+    assert len(inside) < 50  # items after the failure were skipped
+    if before is not None:
+        if before > 1:
+            assert set(inside) == {1}  # BLAS held to one thread per call inside the loop
+        assert _blas_count() == before  # and given back afterwards
+
+
+@pytest.mark.timeout(60)
+def test_parallel_for_finishes_when_the_helper_pool_is_busy(monkeypatch):
+    """The caller takes part, so a loop never waits for helpers stuck elsewhere."""
+    monkeypatch.setattr(_conv_gemm, "THREADS", 2)
+    release = threading.Event()
+    pool = _conv_gemm._executor()
+    blockers = [pool.submit(release.wait, 30) for _ in range(pool._max_workers)]
+    try:
+        ran_on = set()
+        _conv_gemm.parallel_for(8, lambda i: ran_on.add(threading.get_ident()))
+        assert ran_on == {threading.get_ident()}
+    finally:
+        release.set()
+        for f in blockers:
+            f.result(timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_serial_blas_holds_are_counted_across_threads():
+    before = _blas_count()
+    if before is None:
+        pytest.skip("OpenBLAS thread count not controllable here")
+    entered, leave = threading.Barrier(3), threading.Event()
+
+    def holder():
+        with _conv_gemm.serial_blas():
+            entered.wait(timeout=30)
+            leave.wait(timeout=30)
+
+    threads = [threading.Thread(target=holder) for _ in range(2)]
+    for t in threads:
+        t.start()
+    entered.wait(timeout=30)
+    assert _blas_count() == 1
+    assert _conv_gemm.threads() == before  # the loop size still follows the held count
+    leave.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert _blas_count() == before
+
+
+def test_serial_blas_restores_at_most_streamqs_cap(monkeypatch):
+    from streamq import _limits
+    before = _blas_count()
+    if before is None or before < 2:
+        pytest.skip("needs a controllable OpenBLAS with >= 2 threads")
+    monkeypatch.setattr(_limits, "_process_blas_threads", None)
+    try:
+        with _conv_gemm.serial_blas():
+            _limits._process_blas_threads = 1  # streamq capped BLAS meanwhile
+        assert _blas_count() == 1
+    finally:
+        _conv_gemm._threads_api[1](before)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_inside_a_loop_gets_a_fresh_pool_and_its_blas_threads(monkeypatch):
+    monkeypatch.setattr(_conv_gemm, "THREADS", 2)
+    before = _blas_count()
+    read_end, write_end = os.pipe()
+    forked = []
+
+    def body(i):
+        if i != 0:
+            return
+        pid = os.fork()  # BLAS is held at one thread here, helpers are busy
+        if pid == 0:
+            try:
+                seen = []
+                _conv_gemm.parallel_for(6, seen.append)
+                msg = f"{sorted(seen) == list(range(6))} {_blas_count()}"
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                msg = repr(exc)
+            os.write(write_end, msg.encode())
+            os._exit(0)
+        forked.append(pid)
+
+    _conv_gemm.parallel_for(2, body)
+    deadline = time.monotonic() + 30
+    while os.waitpid(forked[0], os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(forked[0], 9)
+            pytest.fail("forked child hung")
+        time.sleep(0.01)
+    assert os.read(read_end, 200).decode() == f"True {before}"
+
+
+def _geo(N, C, H, W, K, R, S, pad=0, stride=1):
+    return conv._geometry("x", (N, C, H, W), "w", (K, C, R, S), pad, stride, 1, 1)
+
+
+def test_plan_covers_every_output_once_within_the_block_limit(monkeypatch):
+    monkeypatch.setattr(_conv_fast, "COL_BLOCK_ELEMS", 5000)
+    for g in (_geo(8, 4, 10, 10, 3, 3, 3, pad=1), _geo(5, 2, 40, 40, 3, 3, 3, pad=1),
+              _geo(3, 16, 6, 6, 8, 1, 1), _geo(1, 8, 30, 30, 4, 1, 1)):
+        rows = g.Cg * g.R * g.S
+        for parts in (1, 2, 3):
+            covered = np.zeros((g.N, g.P), int)
+            for n0, nb, p0, np_ in _conv_fast.plan(g, rows, parts):
+                covered[n0:n0 + nb, p0:p0 + np_] += 1
+                if not _conv_fast._per_image(g):
+                    assert rows * nb * np_ * g.Q <= 5000 or np_ == 1
+            assert (covered == 1).all()
+
+
+def test_plan_balances_whole_image_blocks_over_threads(monkeypatch):
+    monkeypatch.setattr(_conv_fast, "COL_BLOCK_ELEMS", 10**6)
+    g = _geo(8, 16, 7, 7, 32, 3, 3, pad=1)  # 144 * 49 elements per image: all 8 fit one block
+    assert _conv_fast.plan(g, 144, 1) == [(0, 8, 0, 7)]
+    assert _conv_fast.plan(g, 144, 2) == [(0, 4, 0, 7), (4, 4, 0, 7)]
+    assert _conv_fast.plan(g, 144, 3) == [(0, 3, 0, 7), (3, 3, 0, 7), (6, 2, 0, 7)]
+    monkeypatch.setattr(_conv_fast, "COL_BLOCK_ELEMS", 144 * 49 * 3)  # three images per block
+    assert [b[1] for b in _conv_fast.plan(g, 144, 2)] == [2, 2, 2, 2]  # 4 blocks, not 3
+    big = _geo(1, 8, 30, 30, 4, 1, 1)  # one large 1x1 image: column bands, one per thread
+    assert _conv_fast.plan(big, 8, 2) == [(0, 1, 0, 15), (0, 1, 15, 15)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("provider", FAST)
+def test_concurrent_filter_gradients_keep_their_partial_sums(provider, monkeypatch):
+    """Helper threads hop between concurrent calls; no call's partial sums may be reused early."""
+    monkeypatch.setattr(_conv_gemm, "THREADS", 3)
+    rng = np.random.default_rng(14)
+    jobs = []
+    for name, case in (("3x3", dict(x=(6, 16, 12, 12), w=(8, 16, 3, 3), pad=1)),
+                       ("im2col", dict(x=(6, 3, 9, 9), w=(5, 3, 3, 3), stride=2)),
+                       ("pointwise", dict(x=(6, 8, 24, 24), w=(4, 8, 1, 1)))):
+        x, w, dy, params = make(rng, case, np.float32)
+        jobs.append((x, dy, params, run_op(BWD_FILTER, "reference", x, w, dy, params)))
+    errors = []
+    start = threading.Barrier(6)
+
+    def work(seed):
+        try:
+            start.wait(timeout=30)
+            for i in range(12):
+                x, dy, params, want = jobs[(seed + i) % len(jobs)]
+                got = np.full(want.shape, np.nan, np.float32)
+                call(BWD_FILTER, provider, x, dy, got, **params)
+                assert_close(got, want, np.float32)
+        except Exception as exc:  # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=100)
+    assert not errors, errors[:2]
+
+
+def test_forward_path_choice_on_resnet_shapes():
+    """Documented rule: phase split for strided 1x1 and for large stride-1 images only."""
+    assert _conv_fast.use_shift(_geo(8, 64, 56, 56, 64, 3, 3, pad=1))          # L = 3246
+    assert _conv_fast.use_shift(_geo(8, 256, 56, 56, 512, 1, 1, stride=2))     # one phase, 784 columns
+    assert not _conv_fast.use_shift(_geo(8, 128, 28, 28, 128, 3, 3, pad=1))   # L = 838 < 2048
+    assert not _conv_fast.use_shift(_geo(8, 128, 56, 56, 128, 3, 3, pad=1, stride=2))
+    assert not _conv_fast.use_shift(_geo(8, 1024, 14, 14, 2048, 1, 1, stride=2))  # 49 columns
+    assert not _conv_fast.use_shift(_geo(8, 3, 224, 224, 64, 7, 7, pad=3, stride=2))
+    assert not _conv_fast.use_shift(_geo(8, 64, 56, 56, 64, 1, 1))             # plain pointwise
