@@ -1,39 +1,39 @@
-"""Benchmark: a 4-op elementwise chain on 64 MiB float32 tensors, fused vs unfused.
+"""Benchmark: a 4-op elementwise chain on 64 MiB float32 tensors through the CUDA facade, fused vs unfused.
 
 Run (OpenBLAS env unset, as the project's benchmarks require):
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fusion.py
         [--mib 64] [--repeats 7] [--no-torch]
 
-Every chain is launched through a :class:`streamq.fusion.FusionWindow` on one
-serial ``streamq.Queue`` (what the CUDA facade does per stream), then the
-queue is synchronized. Measured in the same run, interleaved, best of
-``--repeats`` (the machine is shared and noisy):
+Every chain is a CUDA program: facade memory, ``cudaLaunchKernel`` of ATen ops
+on one non-blocking stream, ``cudaMallocAsync``/``cudaFreeAsync`` for
+temporaries (what PyTorch's caching allocator does for eager code), then
+``cudaStreamSynchronize``. The same program runs with ``streamq.fusion``
+disabled (``unfused``: one registry kernel per launch) and enabled in
+automatic mode (``fused``: the stream's window enqueues one generated kernel),
+interleaved, best of ``--repeats`` (the machine is shared and noisy). Also:
 
-* ``unfused``: fusion off; each op is its own queue task running the registry
-  kernel (numba provider), exactly as the facade launches ops without fusion;
-* ``fused``: fusion on (automatic mode); the window enqueues one generated
-  kernel per chain;
 * ``torch``: the same ops in torch eager (2 threads), as a yardstick;
-* ``copy``: one pass of the numba provider's parallel copy kernel over a
-  tensor, as the memory-bandwidth yardstick (GB/s counted read + write).
+* ``copy``: one parallel copy of a tensor, the memory-bandwidth yardstick;
+* ``predicted``: what ``streamq fusion`` predicts fusing saves, from a queue
+  log of the unfused program (3 iterations; estimate per iteration), beside
+  ``saved`` = unfused - fused measured here.
 
-Chains (each 4 ops, 64 MiB per full tensor):
+Chains (each 4 ops; x, w, b and the output are 64 MiB unless broadcast):
 
 * ``epilogue``: ``y = x * w; y += b; relu_(y); y *= 0.5`` with per-channel
-  ``w``, ``b`` of shape (C,) broadcast over x of shape (N, C) - the bias /
-  scale / activation tail after a GEMM or convolution;
-* ``inplace``: the same with ``w``, ``b`` full 64 MiB tensors;
-* ``out-of-place``: ``t1 = x * w; t2 = t1 + b; t3 = relu(t2); t4 = t3 * 0.5``,
-  full tensors, every intermediate a separate array - fusion must still write
-  t1..t3 (the caller may read them), so it saves only the re-reads.
+  ``w``, ``b`` of shape (C,) over x of shape (N, C): the tail after a GEMM;
+* ``eager``: ``y = relu(x * w + b) * 0.5`` as PyTorch eager runs it: each op
+  writes a fresh temporary from the pool, freed (stream-ordered) once used.
+  The window learns of each free before its kernel runs, so the fused kernel
+  never writes the temporaries (read x, w, b, write y);
+* ``inplace``: the epilogue with full-size ``w`` and ``b``;
+* ``kept``: out of place, every intermediate a buffer the caller keeps (may
+  read later): fusion must still write all of them and saves only re-reads.
 
-Prints a markdown table (ms, ratios > 1 mean fused is faster) and the BLAS
-that threadpoolctl reports (no BLAS call is involved; printed for the record).
-"traffic ratio" is the bytes the unfused ops must stream over the bytes the
-fused kernel must stream (each array read or written once per pass,
-write-allocate not counted): the speedup a purely memory-bound chain can reach.
-"fused GB/s" is the fused kernel's bytes over its time.
+"traffic ratio" is the bytes the unfused ops stream over the bytes the fused
+kernel streams (each array read or written once per pass, write-allocate not
+counted): the speedup a purely memory-bound chain can reach.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -49,82 +50,112 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import streamq
-from streamq import (
-    fusion,
-    kernels,
-)
+import streamq.cuda_facade as cf
+from streamq import fusion
+from streamq.analysis import analyze
+from streamq.cuda_facade import runtime as rt
+from streamq.cuda_facade._memory import typed_view
 
 C = 1024
 
 
+def check(result):
+    if result[0] != rt.cudaError_t.cudaSuccess:
+        raise RuntimeError(f"CUDA call failed: {result}")
+    return result[1] if len(result) == 2 else result[1:]
+
+
+def launch(stream, op, *args, **kwargs):
+    check(rt.cudaLaunchKernel(op, (1, 1, 1), (1, 1, 1), args + (kwargs,), 0, stream))
+
+
+def temp(stream, n):
+    ptr = check(rt.cudaMallocAsync(4 * n, stream))
+    return ptr, typed_view(ptr, np.float32, (n,))
+
+
 def make_chains(n):
-    """name -> (calls as (op, args, kwargs), bytes the unfused ops stream, bytes the fused kernel streams)."""
+    """name -> (program(stream), torch-equivalent ops, unfused bytes, fused bytes)."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(n, dtype=np.float32)
-    wf = rng.standard_normal(n, dtype=np.float32)
-    bf = rng.standard_normal(n, dtype=np.float32)
-    wc = rng.standard_normal(C, dtype=np.float32)
-    bc = rng.standard_normal(C, dtype=np.float32)
-    y = np.empty(n, np.float32)
-    t = [np.empty(n, np.float32) for _ in range(4)]
+    full = [cf.to_device(rng.standard_normal(n, dtype=np.float32)) for _ in range(3)]
+    x, wf, bf = full
+    wc, bc = (cf.to_device(rng.standard_normal(C, dtype=np.float32)) for _ in range(2))
+    y = cf.device_array((n,), np.float32)
+    kept = [cf.device_array((n,), np.float32) for _ in range(3)]
     x2, y2 = x.reshape(-1, C), y.reshape(-1, C)
     nb = 4 * n
+
+    def epilogue(s, x=x2, w=wc, b=bc, y=y2):
+        launch(s, "aten::mul", x, w, out=y)
+        launch(s, "aten::add_", y, b)
+        launch(s, "aten::relu_", y)
+        launch(s, "aten::mul_", y, 0.5)
+
+    def eager(s):
+        p1, t1 = temp(s, n)
+        launch(s, "aten::mul", x, wf, out=t1)
+        p2, t2 = temp(s, n)
+        launch(s, "aten::add", t1, bf, out=t2)
+        check(rt.cudaFreeAsync(p1, s))
+        p3, t3 = temp(s, n)
+        launch(s, "aten::relu", t2, out=t3)
+        check(rt.cudaFreeAsync(p2, s))
+        launch(s, "aten::mul", t3, 0.5, out=y)
+        check(rt.cudaFreeAsync(p3, s))
+
+    def kept_chain(s):
+        launch(s, "aten::mul", x, wf, out=kept[0])
+        launch(s, "aten::add", kept[0], bf, out=kept[1])
+        launch(s, "aten::relu", kept[1], out=kept[2])
+        launch(s, "aten::mul", kept[2], 0.5, out=y)
+
+    def torch_eager(torch):
+        tx, tw, tb = (torch.from_numpy(np.asarray(a)) for a in full)
+        return lambda: torch.relu(tx * tw + tb) * 0.5
+
+    def torch_epilogue(torch, x, w, b, y):
+        tx, tw, tb, ty = (torch.from_numpy(np.asarray(a)) for a in (x, w, b, y))
+        return lambda: torch.mul(tx, tw, out=ty).add_(tb).relu_().mul_(0.5)
+
+    # Full-tensor passes. epilogue: x->y, then y->y three times (8 unfused), x in y out (2).
+    # eager: 3 + 3 + 2 + 2 = 10 unfused; fused x, w, b in, y out (4). inplace: the same.
+    # kept: 10 unfused; fused x, w, b in, three intermediates and y out (7).
     return {
-        # Full-tensor passes. Epilogue: unfused x->y, then y->y three times (8); fused x in,
-        # y out (2). In place: 3 + 3 + 2 + 2 = 10; fused x, w, b in, y out (4). Out of
-        # place: 3 + 3 + 2 + 2 = 10; fused x, w, b in, t0..t3 out (7).
-        "epilogue (N,C) * w[C] + b[C], relu, * 0.5": (
-            [("aten::mul", (x2, wc), {"out": y2}), ("aten::add_", (y2, bc), {}),
-             ("aten::relu_", (y2,), {}), ("aten::mul_", (y2, 0.5), {})], 8 * nb, 2 * nb),
-        "inplace x * w + b, relu, * 0.5 (full w, b)": (
-            [("aten::mul", (x, wf), {"out": y}), ("aten::add_", (y, bf), {}),
-             ("aten::relu_", (y,), {}), ("aten::mul_", (y, 0.5), {})], 10 * nb, 4 * nb),
-        "out-of-place, intermediates kept": (
-            [("aten::mul", (x, wf), {"out": t[0]}), ("aten::add", (t[0], bf), {"out": t[1]}),
-             ("aten::relu", (t[1],), {"out": t[2]}), ("aten::mul", (t[2], 0.5), {"out": t[3]})],
-            10 * nb, 7 * nb),
+        "epilogue: y = x(N,C) * w[C]; += b[C]; relu_; *= 0.5": (
+            epilogue, lambda t: torch_epilogue(t, x2, wc, bc, y2), 8 * nb, 2 * nb),
+        "eager: y = relu(x * w + b) * 0.5, temporaries freed": (
+            eager, torch_eager, 10 * nb, 4 * nb),
+        "inplace: the epilogue with full-size w, b": (
+            lambda s: epilogue(s, x, wf, bf, y), lambda t: torch_epilogue(t, x, wf, bf, y), 10 * nb, 4 * nb),
+        "kept: out of place, intermediates kept (still written)": (
+            kept_chain, None, 10 * nb, 7 * nb),
     }
 
 
-def launch(window, queue, calls):
-    for op, args, kwargs in calls:
-        if not window.offer(op, args, kwargs):
-            window.flush()
-            queue.enqueue(kernels.get(op), args, kwargs, name=op, kind="kernel")
-    window.flush()
-    queue.synchronize()
+def run(program, stream):
+    program(stream)
+    check(rt.cudaStreamSynchronize(stream))
 
 
-def torch_chain(calls):
-    """The chain as torch eager calls on tensors sharing the numpy arrays' memory."""
-    import torch
-    tensors = {}
-
-    def t(v):
-        if isinstance(v, np.ndarray):
-            return tensors.setdefault(id(v), torch.from_numpy(v))
-        return v
-
-    table = {
-        "aten::mul": lambda a, b, out: torch.mul(a, b, out=out),
-        "aten::add": lambda a, b, out, alpha=1: torch.add(a, b, alpha=alpha, out=out),
-        "aten::relu": lambda a, out: torch.clamp_min(a, 0, out=out),
-        "aten::mul_": lambda a, b: a.mul_(b),
-        "aten::add_": lambda a, b, alpha=1: a.add_(b, alpha=alpha),
-        "aten::relu_": lambda a: a.relu_(),
-    }
-    steps = [(table[op], tuple(t(a) for a in args), {k: t(v) for k, v in kwargs.items()})
-             for op, args, kwargs in calls]
-    return lambda: [fn(*a, **k) for fn, a, k in steps]
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times) * 1e3
+def predicted_saving_ms(program, stream, iterations=3):
+    """What the analyzer predicts fusing saves per iteration, from a log of the unfused program."""
+    fusion.disable()
+    with tempfile.TemporaryDirectory() as d:
+        log = os.path.join(d, "unfused.jsonl")
+        streamq.trace.enable(log)
+        try:
+            for _ in range(iterations):
+                run(program, stream)
+        finally:
+            streamq.trace.disable()
+        found = analyze(log).findings
+    return sum(f.estimated_us for f in found if f.kind in ("vertical", "epilogue")) / iterations / 1e3
 
 
 def blas_info():
@@ -148,47 +179,49 @@ def main():
     if not args.no_torch:
         try:
             import torch
-            torch.set_num_threads(2)
+            torch.set_num_threads(os.cpu_count() or 1)
         except ImportError:
             torch = None
-    queue = streamq.Queue("bench-stream")
-    window = fusion.FusionWindow(queue)
+    stream = check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
     print(f"BLAS (threadpoolctl): {blas_info()}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (the machine is shared)")
     print(f"cores: {os.cpu_count()}, numba threads: {__import__('numba').get_num_threads()}, "
           f"torch: {torch.__version__ if torch else 'not used'}, fused kernels in {fusion.cache_dir()}")
-    from streamq.kernels import _aten_jit
-    src = np.random.default_rng(1).standard_normal(n, dtype=np.float32)
-    dst = np.empty_like(src)
-    copy_ms = best_of(lambda: queue.sync(_aten_jit.copy_cast, src, dst), args.repeats)
-    print(f"\n{args.mib} MiB float32 per tensor ({n} elements); parallel copy of one tensor: "
+    src = cf.to_device(np.random.default_rng(1).standard_normal(n, dtype=np.float32))
+    dst = cf.device_array((n,), np.float32)
+
+    def copy():     # a device-to-device cudaMemcpy may return before the copy is done (CUDA)
+        check(rt.cudaMemcpy(dst, src, 4 * n, rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice))
+        check(rt.cudaDeviceSynchronize())
+
+    copy_ms = min(timed(copy) for _ in range(args.repeats))
+    print(f"\n{args.mib} MiB float32 per tensor ({n} elements); cudaMemcpy of one tensor: "
           f"{copy_ms:.2f} ms ({2 * 4 * n / copy_ms / 1e6:.1f} GB/s read+write)\n")
-    print("| chain | unfused ms | fused ms | unfused / fused | traffic ratio | torch ms "
-          "| torch / fused | fused GB/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, (calls, bytes_unfused, bytes_fused) in make_chains(n).items():
+    print("| chain | unfused ms | fused ms | unfused / fused | traffic ratio | saved ms "
+          "| analyzer predicted ms | torch ms | torch / fused | fused GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, (program, torch_fn, bytes_unfused, bytes_fused) in make_chains(n).items():
         fusion.enable()
-        launch(window, queue, calls)                 # warm-up: compile or load the kernel
-        fusion.disable()
-        launch(window, queue, calls)
-        tc = torch_chain(calls) if torch else None
-        if tc:
-            tc()
+        run(program, stream)                         # warm-up: compile or load the kernel
+        predicted = predicted_saving_ms(program, stream)
+        peer_fn = torch_fn(torch) if (torch and torch_fn) else None
+        if peer_fn:
+            peer_fn()
         fused, unfused, peer = [], [], []
         for _ in range(args.repeats):               # interleaved, best of each
             fusion.enable()
-            fused.append(best_of(lambda c=calls: launch(window, queue, c), 1))
+            fused.append(timed(lambda: run(program, stream)))
             fusion.disable()
-            unfused.append(best_of(lambda c=calls: launch(window, queue, c), 1))
-            if tc:
-                peer.append(best_of(tc, 1))
+            unfused.append(timed(lambda: run(program, stream)))
+            if peer_fn:
+                peer.append(timed(peer_fn))
         f, u = min(fused), min(unfused)
         p = f"{min(peer):.2f}" if peer else "-"
         pr = f"{min(peer) / f:.2f}" if peer else "-"
         print(f"| {name} | {u:.2f} | {f:.2f} | **{u / f:.2f}** | {bytes_unfused / bytes_fused:.2f} "
-              f"| {p} | {pr} | {bytes_fused / f / 1e6:.1f} |")
+              f"| {u - f:.2f} | {predicted:.2f} | {p} | {pr} | {bytes_fused / f / 1e6:.1f} |")
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
-    queue.shutdown()
+    check(rt.cudaStreamDestroy(stream))
 
 
 if __name__ == "__main__":

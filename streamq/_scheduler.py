@@ -115,12 +115,16 @@ class Worker(threading.Thread):
             _limits.set_numba_threads(want)
 
 
-_lend_state = threading.local()
+class _LendState(threading.local):
+    inside = None
+
+
+_lend_state = _LendState()
 
 
 def _inside_cache() -> dict:
     """Per thread: CMG indices whose CPUs already contain the thread's whole affinity."""
-    cache = getattr(_lend_state, "inside", None)
+    cache = _lend_state.inside
     if cache is None:
         cache = _lend_state.inside = {}
     return cache
@@ -152,7 +156,8 @@ def lend_caller_to(cmg: CMG):
     _set_current_cmg(cmg)
     numba = sys.modules.get("numba")
     old_numba = None
-    if numba is not None:
+    # (numba.get_num_threads costs over 1 µs: skip it when the pool cannot exceed the CMG)
+    if numba is not None and numba.config.NUMBA_NUM_THREADS > cmg.ncores:
         old_numba = numba.get_num_threads()
         if old_numba > cmg.ncores:
             _limits.set_numba_threads(cmg.ncores)

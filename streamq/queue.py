@@ -25,7 +25,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Executor, Future
-from concurrent.futures._base import PENDING, RUNNING
+from concurrent.futures._base import FINISHED, PENDING, RUNNING
 
 from . import _blocking, _scheduler, _timer, trace
 from .errors import DeadlockError
@@ -636,16 +636,34 @@ class Queue(Executor):
         Items it cannot start (waiting for dependencies) are left to the workers.
         """
         start = time.perf_counter_ns() if trace._sink is not None else 0
-        event = self.record_event(Event(f"{self.label}.synchronize"))
-        marker = event._record
-        if (timeout is None and self._width == 1 and self.target is None and not marker.done()
-                and _blocking.current_worker() is None
-                and not (self._pool is not None and self._sched.has_waiting(self._pool, self.priority + 1))):
-            self._run_here(until=marker)   # (not ahead of higher-priority work waiting for workers)
-        ok = marker._wait(timeout)
+        ok = (timeout is None and self._width == 1 and self.target is None
+              and _blocking.current_worker() is None and self._sync_serial_here())
+        if not ok:
+            event = self.record_event(Event(f"{self.label}.synchronize"))
+            ok = event._record._wait(timeout)
         if start:
             trace._emit_host_sync("queue.synchronize", start, queue=self)
         return ok
+
+    def _sync_serial_here(self) -> bool:
+        """synchronize()'s fast path on a serial queue: True once everything submitted so
+        far has finished; False if the caller must fall back to waiting for a marker.
+
+        The last item submitted stands in for a marker (a serial queue finishes items in
+        order), so no marker is queued; the caller runs pending items itself unless
+        higher-priority work waits for the CMG's workers.
+        """
+        with self._lock:
+            last = self._last
+            if self._serial_idle_locked():
+                return True
+            if last is None or self._epochs is not None or self._running_inline:
+                return False
+        if not (self._pool is not None and self._sched.has_waiting(self._pool, self.priority + 1)):
+            self._run_here(until=last)
+        last._wait(None)
+        # Cancelled before it started: earlier items may still run - wait with a marker.
+        return last._state is FINISHED
 
     def _run_here(self, until: Task) -> None:
         """Run this serial queue's startable items on the calling thread, up to ``until``.

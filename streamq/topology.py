@@ -193,12 +193,16 @@ def reset_topology() -> None:
         _topology = None
 
 
-_thread_state = threading.local()
+class _ThreadState(threading.local):
+    cmg = None      # a class-level default: no AttributeError for threads that never set it
+
+
+_thread_state = _ThreadState()
 
 
 def current_cmg() -> CMG | None:
     """The CMG whose worker runs the calling task, or None outside streamq's workers."""
-    return getattr(_thread_state, "cmg", None)
+    return _thread_state.cmg
 
 
 def _set_current_cmg(cmg: CMG | None) -> None:

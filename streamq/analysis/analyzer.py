@@ -78,6 +78,8 @@ def analyze(path, *, diagnostics: Diagnostics | None = None, min_savings: int = 
             if node.status == "cancelled":
                 continue
             counts["tasks"] += 1
+            if node.cls == "free":
+                continue    # a stream-ordered free: its "free" record ends the lifetime; chains go on
             q = node.queue
             producers, found = shadow.check(node)
             for acc, view, is_write in found:

@@ -5,7 +5,8 @@ and ``broadcast`` ops (one output element from the same-index input elements,
 small operands broadcast) and ``injective`` ones (each output element copies one
 input element) form vertical chains; a ``complex`` op (convolution, GEMM,
 pooling) may head a chain as the producer whose epilogue is fused; a
-``reduction`` or an ``opaque`` op ends every chain. Names the table does not
+``reduction`` or an ``opaque`` op ends every chain. A stream-ordered free
+(task kind ``free``) touches no live data: chains run across it. Names the table does not
 know are opaque, so an unknown op is never fused by mistake.
 """
 
@@ -15,7 +16,7 @@ __all__ = ["OP_KINDS", "KINDS", "FUSABLE", "classify"]
 
 #: Every kind a logged op can have.
 KINDS = ("elementwise", "broadcast", "injective", "reduction", "complex", "opaque",
-         "copy", "fill", "sync", "host")
+         "copy", "fill", "sync", "host", "free")
 
 #: Kinds that can be a member of a vertical chain (and of sibling/horizontal groups).
 FUSABLE = frozenset({"elementwise", "broadcast", "injective"})
@@ -66,14 +67,14 @@ def _table() -> dict:
 OP_KINDS: dict = _table()
 
 _TASK_KINDS = {"memcpy": "copy", "memset": "fill", "barrier": "sync", "event_record": "sync",
-               "event_wait": "sync"}
+               "event_wait": "sync", "free": "free"}
 
 
 def classify(name, task_kind: str = "kernel") -> str:
     """The kind of a logged op from its record's ``name`` and ``kind`` fields.
 
     Core record kinds decide first (``memcpy`` -> copy, ``memset`` -> fill,
-    barriers and events -> sync); otherwise the name is looked up in
+    barriers and events -> sync, ``free`` -> free); otherwise the name is looked up in
     :data:`OP_KINDS`; a ``host`` task with an unknown name is ``host``, any
     other unknown name is ``opaque``.
     """

@@ -20,7 +20,8 @@ __all__ = ["plot_timeline", "COLOURS"]
 #: Colour of each op kind in the plot.
 COLOURS = {"elementwise": "#4c9be8", "broadcast": "#77b7f0", "injective": "#9ad0f5",
            "reduction": "#f2a541", "complex": "#8e5cc7", "opaque": "#8c8c8c", "copy": "#3fb27f",
-           "fill": "#a3d9a5", "sync": "#d9d9d9", "host": "#c9b28f"}
+           "fill": "#a3d9a5", "sync": "#d9d9d9", "host": "#c9b28f",
+           "free": "#eeeeee"}
 
 
 def _pyplot():

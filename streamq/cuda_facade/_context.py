@@ -351,12 +351,14 @@ class Stream:
                 return False
         return self.queue.query()
 
-    def synchronize(self) -> None:
-        """Block until every op submitted to the stream has finished."""
+    def synchronize(self) -> bool:
+        """Block until every op submitted to the stream has finished; False if nothing was
+        left to wait for."""
         if self.query():
-            return
+            return False
         self.fence()
         self.queue.synchronize()
+        return True
 
 
 def _noop() -> None:

@@ -364,12 +364,23 @@ def cudaFreeAsync(devPtr, hStream):
         raise CudaError(cudaError_t.cudaErrorStreamCaptureUnsupported,
                         "the facade does not capture stream-ordered frees into graphs")
     alloc = retire(address, ("device",))
-    try:
-        stream.launch(release, (alloc,), name="cudaFreeAsync", kind="host",
-                      on_error=lambda _err: release(alloc))
-    except CudaError:
-        release(alloc)      # the device failed meanwhile: nothing will run on the stream
-        raise
+
+    def enqueue_release(launch, deferred=False):
+        try:
+            launch(release, (alloc,), name="cudaFreeAsync", kind="free",
+                   on_error=lambda _err: release(alloc))
+        except CudaError:
+            release(alloc)      # the device failed meanwhile: nothing will run on the stream
+            if not deferred:    # deferred: the flush's caller meets the sticky error itself
+                raise
+
+    # Kernels the stream's fusion window holds may write the block: they need not (it is
+    # dead), and the free waits for them, so the window's chain goes on across the free.
+    window = stream.window
+    if window is not None and window.discard(alloc.base, alloc.base + alloc.capacity,
+                                             then=lambda: enqueue_release(stream._launch, True)):
+        return
+    enqueue_release(stream.launch)
 
 
 @api(1)

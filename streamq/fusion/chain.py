@@ -15,7 +15,9 @@ Wiring: an operand that is the same view as an earlier step's output is taken
 from that step's value (never re-read from memory); other arrays are inputs
 (one per distinct view). Every step's output is written (the caller may read
 it later) unless a later step of the same call writes the very same view,
-which overwrites it completely.
+which overwrites it completely, or the caller frees its memory right after the
+chain (:meth:`Chain.discard`): a freed intermediate is never read again, so
+its value lives only in registers - the traffic fusion exists to remove.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from .layout import plan_layout
 from .ops import Step
 
 __all__ = ["Chain", "FusedCall", "self_conflict", "SERIAL_BELOW"]
+
+try:                                    # numpy >= 2.0
+    from numpy.lib.array_utils import byte_bounds as _byte_bounds
+except ImportError:                     # pragma: no cover - numpy 1.x
+    _byte_bounds = np.byte_bounds
 
 #: Fused calls over fewer elements run on one numba thread: waking the pool costs
 #: more than the work (and much more when the cores are contended).
@@ -57,6 +64,7 @@ class Chain:
         self.shape = first.shape
         self.dtype = first.dtype
         self._out_keys = {first.out_key}
+        self.dead: set[int] = set()   # indices of steps whose output memory the caller freed
         # Arrays read from memory (not a value an earlier step produced): key -> array.
         self._external = {k: a for a, k in zip(first.reads, first.read_keys)}
 
@@ -93,6 +101,19 @@ class Chain:
                 return "the output overlaps an input through another view"
         return None
 
+    def discard(self, lo: int, hi: int) -> int:
+        """The memory [lo, hi) is freed after the steps held so far: outputs inside it need
+        not be written. Returns how many step outputs this made dead."""
+        made = 0
+        for k, step in enumerate(self.steps):
+            if k in self.dead:
+                continue
+            start, stop = _byte_bounds(step.out)
+            if lo <= start and stop <= hi:
+                self.dead.add(k)
+                made += 1
+        return made
+
     def append(self, step: Step) -> None:
         """Add ``step`` (ValueError if :meth:`refusal` names a reason)."""
         reason = self.refusal(step)
@@ -109,11 +130,12 @@ class FusedCall:
     """Steps of a chain run as one generated kernel; a callable for ``Queue.enqueue``.
 
     ``reads`` are the arrays the kernel reads from memory, ``writes`` those it
-    writes, ``name`` is ``fused[op+op+...]``. Calling it computes the layout,
+    writes, ``name`` is ``fused[op+op+...]``. ``dead``: indices of steps whose output
+    is not written (its memory is freed after the call). Calling it computes the layout,
     gets the kernel (generating or loading it on first use) and runs it.
     """
 
-    def __init__(self, steps):
+    def __init__(self, steps, dead=()):
         steps = list(steps)
         if len(steps) < 2:
             raise ValueError(f"a fused call needs at least 2 steps, got {len(steps)}")
@@ -135,7 +157,7 @@ class FusedCall:
             producer[step.out_key] = k
             overwritten = any(later.out_key == step.out_key for later in steps[k + 1:])
             store = None
-            if not overwritten:
+            if not overwritten and k not in dead:
                 outputs.append(step.out)
                 store = len(outputs) - 1
             wired.append(codegen.ProgramStep(step.body, tuple(operands), store))
@@ -145,13 +167,15 @@ class FusedCall:
             n_outputs=len(outputs), n_params=len(params), steps=tuple(wired), helpers=tuple(helpers))
         self.reads = [arr for _, arr in inputs.values()]
         self.writes = outputs
+        self.dead = frozenset(dead)
         self.params = tuple(params)
 
     def __repr__(self) -> str:
         return f"<FusedCall {self.name} shape={self.shape}>"
 
     def run_unfused(self) -> None:
-        """Run the steps one after another with their registry implementations."""
+        """Run the steps one after another with their registry implementations (dead
+        outputs are written too: harmless, their memory is freed after the call)."""
         for step in self.steps:
             step.impl(*step.args, **step.kwargs)
 

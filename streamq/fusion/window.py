@@ -8,6 +8,11 @@ launch the op normally. The caller also calls :meth:`flush` at anything that
 could observe memory or order: synchronizations, event record/wait, host reads
 and writes, memcpy/memset, any op it does not offer.
 
+A stream-ordered free (``cudaFreeAsync``) need not flush: :meth:`discard` tells
+the window that memory is freed after the ops it holds, so outputs held ops
+write there are dead (never written: their values stay in registers) and the
+free itself is deferred until the held ops are enqueued.
+
 What the window holds is always a :class:`~.chain.Chain`: consecutive ops each
 reading the previous op's output. An op that cannot extend the held chain
 (no dataflow link, another shape or dtype, aliasing, the plan does not continue
@@ -94,6 +99,7 @@ class FusionWindow:
         self._lock = threading.Lock()
         self._chain: Chain | None = None
         self._config = None          # the fusion config the held chain was started under
+        self._deferred: list = []    # callables to run right after the held chain is enqueued
         _install_exit_hook()
         _live_windows.add(self)
 
@@ -149,6 +155,27 @@ class FusionWindow:
             return False
         return chain.refusal(step) is None
 
+    def discard(self, lo: int, hi: int, then=None) -> bool:
+        """Memory [lo, hi) is freed after the ops held now; False if nothing is held.
+
+        True: held ops' outputs inside the range will not be written, and
+        ``then()`` (the free itself, if given) runs right after the held ops
+        are enqueued, at the next flush - so the chain can go on growing across
+        the free. False: the window holds nothing; the caller frees as usual.
+        """
+        if then is not None and not callable(then):
+            raise TypeError(f"then must be callable or None, got {type(then).__name__}")
+        if not (isinstance(lo, int) and isinstance(hi, int)) or lo > hi:
+            raise ValueError(f"need integer bounds lo <= hi, got {lo!r}, {hi!r}")
+        with self._lock:
+            chain = self._chain
+            if chain is None:
+                return False
+            chain.discard(lo, hi)
+            if then is not None:
+                self._deferred.append(then)
+        return True
+
     def flush(self) -> list:
         """Enqueue everything held onto the queue; returns the Tasks enqueued, in order.
 
@@ -166,6 +193,14 @@ class FusionWindow:
         self._chain = self._config = None
         if chain is None:
             return []
+        try:
+            return self._enqueue(chain, config)
+        finally:
+            deferred, self._deferred = self._deferred, []
+            for then in deferred:
+                then()
+
+    def _enqueue(self, chain: Chain, config) -> list:
         steps = chain.steps
         if config.plan is None:
             groups = [(0, len(steps))]
@@ -177,7 +212,7 @@ class FusionWindow:
                 s = steps[start]
                 fn, args, kwargs, name, reads, writes = s.impl, s.args, s.kwargs, s.op, s.reads, [s.out]
             else:
-                call = FusedCall(steps[start:stop])
+                call = FusedCall(steps[start:stop], dead={k - start for k in chain.dead if start <= k < stop})
                 fn, args, kwargs, name, reads, writes = (_run_fused, (call,), None, call.name,
                                                          call.reads, call.writes)
             if not trace.enabled():

@@ -68,6 +68,35 @@ def test_epilogue_after_convolution_with_in_place_tail(tmp_path):
     assert f.saved_bytes == 2 * (2 * y["bytes"]) and f.launches == 2
 
 
+def test_stream_ordered_free_between_producer_and_consumer_does_not_break_the_chain(tmp_path):
+    # PyTorch eager through the facade: each temporary is freed (cudaFreeAsync, a "free" task on
+    # the stream) once its last reader is launched; the block returns to the pool when it runs.
+    b = LogBuilder()
+    q = b.queue("s")
+    b.op(q, "aten::mul", reads=[v(X), v(Y)], writes=[v(T1)])
+    b.op(q, "aten::add", reads=[v(T1), v(Y)], writes=[v(T2)])
+    b.op(q, "cudaFreeAsync", kind="free")
+    b.free(T1)
+    b.op(q, "aten::relu", reads=[v(T2)], writes=[v(OUT)])
+    b.op(q, "cudaFreeAsync", kind="free")
+    b.free(T2)
+    a = run(tmp_path, b)
+    assert [f.ops for f in a.findings] == [("aten::mul", "aten::add", "aten::relu")]
+    assert a.findings[0].saved_bytes == 2 * (2 * NB)
+    assert a.near_misses == []
+
+
+def test_a_host_function_between_producer_and_consumer_still_breaks_the_chain(tmp_path):
+    b = LogBuilder()
+    q = b.queue("s")
+    b.op(q, "aten::mul", reads=[v(X), v(Y)], writes=[v(T1)])
+    b.op(q, "my_callback", kind="host")           # may read anything: not transparent
+    b.op(q, "aten::relu", reads=[v(T1)], writes=[v(OUT)])
+    a = run(tmp_path, b)
+    assert a.findings == []
+    assert [n["reasons"] for n in a.near_misses] == [["interleaved"]]
+
+
 def test_chain_legal_when_intermediate_is_freed_or_overwritten_before_any_other_read(tmp_path):
     b = LogBuilder()
     q = b.queue("s")

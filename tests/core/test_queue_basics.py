@@ -370,6 +370,44 @@ def test_many_threads_synchronizing_one_serial_queue_keep_order_and_exclusion():
         assert mine == list(range(200))
 
 
+def test_synchronize_still_waits_for_earlier_work_when_the_last_item_is_cancelled():
+    # The serial fast path waits for the last item submitted; if that one is cancelled before
+    # it starts, the item before it may still be running and must be waited for.
+    q = Queue("cancel-last")
+    gate = threading.Event()
+    first = q.submit(gate.wait, 10)
+    last = q.submit(lambda: None)
+    assert last.cancel()
+    returned = threading.Event()
+    waiter = threading.Thread(target=lambda: (q.synchronize(), returned.set()))
+    waiter.start()
+    assert not returned.wait(0.2)                # first still blocks the queue
+    gate.set()
+    assert returned.wait(10)
+    waiter.join(10)
+    assert first.done() and first.result() is True
+
+
+def test_synchronize_covers_items_submitted_before_it_from_other_threads():
+    q = Queue("others")
+    done = []
+    barrier = threading.Barrier(3)
+
+    def submitter(tag):
+        barrier.wait()
+        for i in range(100):
+            q.submit(done.append, (tag, i))
+
+    threads = [threading.Thread(target=submitter, args=(t,)) for t in range(2)]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    for th in threads:
+        th.join(30)
+    assert q.synchronize()                       # everything was submitted before this call
+    assert len(done) == 200
+
+
 def test_synchronize_times_out_on_suspended_queue():
     q = Queue()
     q.suspend()

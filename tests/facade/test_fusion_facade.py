@@ -114,3 +114,108 @@ def test_the_legacy_stream_waits_for_launches_held_on_a_blocking_stream(fusion_o
     ok(rt.cudaMemcpy(host, out.ctypes.data, out.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost))
     np.testing.assert_array_equal(host, _expected(np.asarray(x), np.asarray(w), np.asarray(b)))
     ok(rt.cudaStreamDestroy(stream))
+
+
+def _temp(n, stream):
+    """A float32 temporary from the stream's pool, as PyTorch's caching allocator hands out."""
+    from streamq.cuda_facade._memory import typed_view
+    ptr = ok(rt.cudaMallocAsync(4 * n, stream))
+    return ptr, typed_view(ptr, np.float32, (n,))
+
+
+def _freeing_chain(stream, x, w, b, out):
+    """out = relu(x * w + b) * 0.5 out of place, each temporary freed right after its last use."""
+    n = x.shape[0]
+    p1, t1 = _temp(n, stream)
+    p2, t2 = _temp(n, stream)
+    p3, t3 = _temp(n, stream)
+    _launch(stream, "aten::mul", x, w, out=t1)
+    _launch(stream, "aten::add", t1, b, out=t2)
+    ok(rt.cudaFreeAsync(p1, stream))
+    _launch(stream, "aten::relu", t2, out=t3)
+    ok(rt.cudaFreeAsync(p2, stream))
+    _launch(stream, "aten::mul", t3, 0.5, out=out)
+    ok(rt.cudaFreeAsync(p3, stream))
+    return (t1, t2, t3)
+
+
+def _task_records(log):
+    return [r for r in map(json.loads, log.read_text().splitlines()) if r.get("type") == "task"]
+
+
+def test_temporaries_freed_in_stream_order_are_never_written(fusion_on, tmp_path):
+    rng = np.random.default_rng(5)
+    n = 1 << 15
+    x, w, b = (cf.to_device(rng.standard_normal(n).astype(np.float32)) for _ in range(3))
+    out = cf.device_array((n,), np.float32)
+    stream = ok(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
+    log = tmp_path / "log.jsonl"
+    streamq.trace.enable(str(log))
+    try:
+        temps = _freeing_chain(stream, x, w, b, out)
+        sentinels = [t.copy() for t in temps]     # the pool's blocks as they were before the chain
+        ok(rt.cudaStreamSynchronize(stream))
+    finally:
+        streamq.trace.disable()
+    np.testing.assert_array_equal(cf.to_host(out), _expected(np.asarray(x), np.asarray(w), np.asarray(b)))
+    tasks = _task_records(log)
+    fused = [t for t in tasks if t["name"].startswith("fused[")]
+    assert [t["name"] for t in fused] == ["fused[aten::mul+aten::add+aten::relu+aten::mul]"], tasks
+    # one fused kernel writing only `out`: the freed temporaries' bytes were never stored
+    assert len(fused[0]["writes"]) == 1, fused[0]["writes"]
+    for before, t in zip(sentinels, temps):
+        np.testing.assert_array_equal(np.asarray(t), before)
+    # the frees ran after the kernel, in stream order
+    names = [t["name"] for t in tasks]
+    assert names.index(fused[0]["name"]) < names.index("cudaFreeAsync")
+    assert names.count("cudaFreeAsync") == 3
+    ok(rt.cudaStreamDestroy(stream))
+
+
+def test_freeing_a_chain_input_defers_the_free_and_keeps_the_input_readable(fusion_on):
+    rng = np.random.default_rng(6)
+    n = 4096
+    w, b = (cf.to_device(rng.standard_normal(n).astype(np.float32)) for _ in range(2))
+    stream = ok(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
+    px, x = _temp(n, stream)
+    host_x = rng.standard_normal(n).astype(np.float32)
+    ok(rt.cudaMemcpyAsync(px, host_x, 4 * n, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
+    out = cf.device_array((n,), np.float32)
+    _launch(stream, "aten::mul", x, w, out=out)
+    ok(rt.cudaFreeAsync(px, stream))            # x is read by the held kernel: freed after it
+    _launch(stream, "aten::add_", out, b)
+    # another stream's allocation must not get x's block while the held kernel still reads it
+    other = ok(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
+    q, clobber = _temp(n, other)
+    clobber[...] = np.nan
+    ok(rt.cudaStreamSynchronize(stream))
+    expected = ((host_x * np.asarray(w)).astype(np.float32) + np.asarray(b)).astype(np.float32)
+    np.testing.assert_array_equal(cf.to_host(out), expected)
+    ok(rt.cudaFreeAsync(q, other))
+    for s in (stream, other):
+        ok(rt.cudaStreamDestroy(s))
+
+
+def test_a_freed_pointer_is_refused_at_once_even_while_its_free_is_deferred(fusion_on):
+    n = 1024
+    stream = ok(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
+    x = cf.to_device(np.ones(n, np.float32))
+    p1, t1 = _temp(n, stream)
+    _launch(stream, "aten::mul", x, 2.0, out=t1)
+    ok(rt.cudaFreeAsync(p1, stream))
+    err = rt.cudaFreeAsync(p1, stream)[0]
+    assert err == rt.cudaError_t.cudaErrorInvalidValue
+    ok(rt.cudaStreamSynchronize(stream))
+    ok(rt.cudaStreamDestroy(stream))
+
+
+def test_without_fusion_the_freeing_chain_gives_the_same_bytes():
+    rng = np.random.default_rng(7)
+    n = 1 << 14
+    x, w, b = (cf.to_device(rng.standard_normal(n).astype(np.float32)) for _ in range(3))
+    out = cf.device_array((n,), np.float32)
+    stream = ok(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
+    _freeing_chain(stream, x, w, b, out)
+    ok(rt.cudaStreamSynchronize(stream))
+    np.testing.assert_array_equal(cf.to_host(out), _expected(np.asarray(x), np.asarray(w), np.asarray(b)))
+    ok(rt.cudaStreamDestroy(stream))

@@ -303,6 +303,58 @@ def test_intermediate_read_again_further_down_the_chain(auto_fusion, queue):
     np.testing.assert_array_equal(t1, a * b)
 
 
+def _bounds(arr):
+    lo = arr.__array_interface__["data"][0]
+    return lo, lo + arr.nbytes
+
+
+def test_discarded_intermediates_are_not_written_and_the_free_runs_after(auto_fusion, queue):
+    a, b, c = arrays(3)
+    t1, t2, t3 = (np.full(N, 7.0, np.float32) for _ in range(3))
+    w = fusion.FusionWindow(queue)
+    done = []
+    calls = mul_add_relu(a, b, c, t1, t2, t3)
+    assert w.offer(*calls[0]) and w.offer(*calls[1])
+    assert w.discard(*_bounds(t1), then=lambda: done.append("free t1"))
+    assert w.offer(*calls[2])                        # the chain goes on across the free
+    assert w.discard(*_bounds(t2), then=lambda: done.append("free t2"))
+    assert done == []                                # deferred until the held ops are enqueued
+    tasks = w.flush()
+    assert done == ["free t1", "free t2"]
+    assert [t.name for t in tasks] == ["fused[aten::mul+aten::add+aten::relu]"]
+    assert queue.synchronize(timeout=60)
+    np.testing.assert_array_equal(t1, 7.0)           # dead: never stored
+    np.testing.assert_array_equal(t2, 7.0)
+    assert_same_bits(t3, expected_of(mul_add_relu, 3, 3)[2])
+
+
+def test_discard_with_nothing_held_leaves_the_free_to_the_caller(auto_fusion, queue):
+    (a,) = arrays(1)
+    w = fusion.FusionWindow(queue)
+    assert not w.discard(*_bounds(a), then=lambda: pytest.fail("must not run"))
+    assert w.flush() == []
+
+
+def test_discarding_a_chain_input_keeps_every_output(auto_fusion, queue):
+    a, b, c = arrays(3)
+    t1, t2, t3 = (np.zeros(N, np.float32) for _ in range(3))
+    w = fusion.FusionWindow(queue)
+    assert all(w.offer(*call) for call in mul_add_relu(a, b, c, t1, t2, t3))
+    assert w.discard(*_bounds(a))                    # an input, not an output: nothing dies
+    w.flush()
+    assert queue.synchronize(timeout=60)
+    for got, want in zip((t1, t2, t3), expected_of(mul_add_relu, 3, 3)):
+        assert_same_bits(got, want)
+
+
+def test_discard_arguments_are_checked(auto_fusion, queue):
+    w = fusion.FusionWindow(queue)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        w.discard(10, 5)
+    with pytest.raises(TypeError, match="then must be callable"):
+        w.discard(0, 8, then=3)
+
+
 # ----------------------------------------------------------------- aliasing ---
 
 def test_input_overlapping_an_earlier_output_through_another_view_splits_the_chain(
