@@ -116,7 +116,9 @@ class _Sink:
 
     # -- hot path: append and return ---------------------------------------------------
     def task(self, task, start_ns: int, end_ns: int, worker) -> None:
-        self.pending.append((_TASK, task, start_ns, end_ns, threading.get_ident(), worker))
+        # A host thread running a queue's items itself (synchronize) is lent to the queue's CMG.
+        cmg = worker.pool.cmg.index if worker is not None else getattr(_current_cmg(), "index", None)
+        self.pending.append((_TASK, task, start_ns, end_ns, threading.get_ident(), cmg))
 
     def inline(self, queue, fn, start_ns, end_ns, kind, exc) -> None:
         cmg = _current_cmg()
@@ -172,7 +174,7 @@ class _Sink:
                 queue.id, _dumps(queue.label), _dumps(name), _dumps(kind))
         return head
 
-    def _task_row(self, task, start_ns, end_ns, thread, worker, out: list) -> bytes:
+    def _task_row(self, task, start_ns, end_ns, thread, cmg, out: list) -> bytes:
         head = self._head(task, out)
         exc = task._exception
         if exc is None:
@@ -189,7 +191,7 @@ class _Sink:
         writes = task.writes
         return b'%b"id":%d,"cmg":%b,"thread":%d,"submit_us":%b,"start_us":%.3f,"end_us":%.3f,' \
                b'"deps":%b,"reads":%b,"writes":%b,"status":"%b"%b}\n' % (
-                   head, task.id, _NULL if worker is None else b"%d" % worker.pool.cmg.index, thread,
+                   head, task.id, _NULL if cmg is None else b"%d" % cmg, thread,
                    b"%.3f" % ((sub - t0) / 1000.0) if sub else _NULL,
                    (start_ns - t0) / 1000.0, (end_ns - t0) / 1000.0,
                    _dumps([getattr(d, "id", None) for d in deps]) if deps else _EMPTY_LIST,

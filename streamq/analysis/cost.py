@@ -17,6 +17,8 @@ import random
 __all__ = ["CostModel", "Fit"]
 
 _RESERVOIR = 4096
+#: Least factor between the largest and smallest op that lets a fit separate overhead and rate.
+SPREAD = 4.0
 
 
 class Fit:
@@ -59,11 +61,14 @@ class CostModel:
         self.mean_x = 0.0
         self.mean_y = 0.0
         self.m2_x = 0.0
+        self.m2_y = 0.0
         self.c_xy = 0.0
         self.sum_x = 0.0
         self.sum_y = 0.0
         self.sum_xx = 0.0
         self.sum_xy = 0.0
+        self.min_x = float("inf")
+        self.max_x = 0.0
         self.gaps: list = []
         self.ngaps = 0
         self.samples: list = []        # reservoir of (bytes, µs) for the robust fit
@@ -79,11 +84,14 @@ class CostModel:
         dy = dur_us - self.mean_y
         self.mean_y += dy / self.n
         self.m2_x += dx * (nbytes - self.mean_x)
+        self.m2_y += dy * (dur_us - self.mean_y)
         self.c_xy += dx * (dur_us - self.mean_y)
         self.sum_x += nbytes
         self.sum_y += dur_us
         self.sum_xx += float(nbytes) * nbytes
         self.sum_xy += float(nbytes) * dur_us
+        self.min_x = min(self.min_x, nbytes)
+        self.max_x = max(self.max_x, nbytes)
         if len(self.samples) < _RESERVOIR:
             self.samples.append((nbytes, dur_us))
         else:
@@ -109,9 +117,11 @@ class CostModel:
         Methods: ``median`` (at least 16 samples: bandwidth the median rate of the
         larger half of the ops, overhead the median of what that rate leaves
         unexplained — robust to a few ops slowed by compilation or contention);
-        ``least-squares``; ``through-origin`` (the intercept came out
+        ``least-squares`` (when op sizes span at least :data:`SPREAD` x, or the line
+        explains almost all the variance: noisy ops of nearby sizes cannot
+        separate a fixed cost from a rate); ``through-origin`` (the intercept came out
         negative, so overhead 0 and bandwidth from ``Σxy/Σxx``); ``mean-rate``
-        (all samples the same size: bandwidth ``Σbytes/Σtime``, overhead 0);
+        (sizes too alike: bandwidth ``Σbytes/Σtime``, overhead 0);
         ``none`` (no samples).
         """
         gap = sorted(self.gaps)[len(self.gaps) // 2] if self.gaps else 0.0
@@ -120,7 +130,7 @@ class CostModel:
         robust = self._robust_fit(gap)
         if robust is not None:
             return robust
-        if self.n >= 2 and self.m2_x > 1e-9 * self.n * self.mean_x * self.mean_x:
+        if self.n >= 2 and self.m2_x > 0 and (self.max_x >= SPREAD * self.min_x or self._r2() > 0.99):
             slope = self.c_xy / self.m2_x
             if slope > 0:
                 intercept = self.mean_y - slope * self.mean_x
@@ -130,6 +140,11 @@ class CostModel:
                     return Fit(0.0, gap, self.sum_xx / self.sum_xy, self.n, "through-origin")
         bw = self.sum_x / self.sum_y if self.sum_y > 0 else None
         return Fit(0.0, gap, bw, self.n, "mean-rate")
+
+    def _r2(self) -> float:
+        if self.m2_x <= 0 or self.m2_y <= 0:
+            return 0.0
+        return self.c_xy * self.c_xy / (self.m2_x * self.m2_y)
 
     def _robust_fit(self, gap: float) -> Fit | None:
         samples = [s for s in self.samples if s[1] > 0]

@@ -270,6 +270,17 @@ def test_cost_model_fits_overhead_and_bandwidth():
     assert CostModel().fit().bandwidth is None
 
 
+def test_noisy_ops_of_nearby_sizes_do_not_invent_a_huge_overhead():
+    # Two size classes 1.5x apart whose times scatter by +-20%: a straight line through them
+    # can have any intercept; the model must fall back to the mean rate, not report ms of overhead.
+    cm = CostModel()
+    for i, (nbytes, noise) in enumerate([(200e6, 1.2), (134e6, 0.8), (200e6, 0.8), (134e6, 1.2)] * 3):
+        cm.observe(nbytes, nbytes / 15e3 * noise)       # 15 GB/s = 15e3 bytes/µs
+    fit = cm.fit()
+    assert fit.method == "mean-rate" and fit.overhead_us == 0.0
+    assert fit.bandwidth == pytest.approx(15e3, rel=0.1)
+
+
 def test_estimates_use_the_model_fitted_from_the_log(tmp_path):
     b = LogBuilder()
     q = b.queue("s")

@@ -56,6 +56,25 @@ def test_task_records_carry_the_documented_fields(tmp_path):
     assert any(r["type"] == "host_sync" and r["what"] == "queue.synchronize" for r in records)
 
 
+def test_items_a_waiting_host_thread_runs_are_logged_on_the_queues_cmg(tmp_path):
+    import threading
+    path = tmp_path / "log.jsonl"
+    trace.enable(path)
+    try:
+        q = streamq.Queue("helped", cmg=0)
+        q.suspend()                                 # no worker can take the items ...
+        tasks = [q.submit(lambda: threading.get_ident()) for _ in range(3)]
+        q.resume()
+        q.synchronize()                             # ... before this thread, most of the time
+    finally:
+        trace.disable()
+    rows = {r["id"]: r for r in read_log(path) if r["type"] == "task"}
+    for t in tasks:
+        row = rows[t.id]
+        assert row["cmg"] == 0, row                 # a worker's or the lent host thread's: CMG 0
+        assert row["thread"] == t.result()
+
+
 def test_dependency_failures_and_cancellations_are_logged(tmp_path):
     path = tmp_path / "log.jsonl"
     trace.enable(path)
