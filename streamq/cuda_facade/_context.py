@@ -97,6 +97,10 @@ class Device:
         self.retired: list[Stream] = []        # destroyed streams whose work may still be pending
         self.captures: set = set()             # active capture sequences on this device (_graphs)
         self.legacy_tail = None                # the Task of the latest legacy-stream op
+        # Blocking streams launched onto (or holding fusion-window launches) since the last
+        # legacy-stream op: only their work is new to the next legacy op; older work is
+        # behind the previous legacy op already.
+        self.touched: set = set()
         self._legacy: Stream | None = None
         self._per_thread = threading.local()
         self.generation = 0                    # bumped by reset(): old handles become invalid
@@ -189,6 +193,7 @@ class Device:
                     stream.capture = None
                 self.streams = weakref.WeakSet(s for s in self.streams if s.legacy)
                 self.blocking = weakref.WeakSet()
+                self.touched = set()
                 self.retired = []
             self._per_thread = threading.local()
             self.legacy_tail = None
@@ -265,6 +270,8 @@ class Stream:
                 after = tuple(after) + fences
         runner = _Runner(device, fn, args, name, on_error)
         task = self.queue.enqueue(runner, after=after, name=name, kind=kind, reads=reads, writes=writes)
+        if self.blocking and not self.legacy:
+            device.touched.add(self)
         if self.legacy:
             device.legacy_tail = task
             self._seen_legacy = task
@@ -276,8 +283,10 @@ class Stream:
             return ()
         device = self.device
         if self.legacy:
-            # Wait for the work already submitted to every blocking stream.
-            streams = [s for s in device.snapshot(blocking_only=True) if not s.destroyed and s.capture is None]
+            # Wait for the work already submitted to every blocking stream: what they got since
+            # the last legacy op (older work is behind that op, which this one follows).
+            touched, device.touched = device.touched, set()
+            streams = [s for s in touched if not s.destroyed and s.capture is None]
             for s in streams:
                 s.flush_fusion()
             return tuple(s.queue.record_event() for s in streams if not s.queue.query())
@@ -519,6 +528,7 @@ def forget_stream(stream: Stream) -> None:
     and cudaDeviceSynchronize still waits for it)."""
     stream.flush_fusion()
     stream.destroyed = True
+    stream.device.touched.discard(stream)
     _live_streams.pop(stream.handle, None)
     device = stream.device
     with device._streams_lock:

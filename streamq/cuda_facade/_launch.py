@@ -167,6 +167,8 @@ def cudaLaunchKernel(func, gridDim, blockDim, args, sharedMem, stream):  # noqa:
         args = args[:-1]
     s = _context.resolve_stream(stream)
     if s.capture is None and _fusion_on() and s.fusion_window().offer(name, args, kwargs):
+        if s.blocking and not s.legacy:
+            s.device.touched.add(s)     # the next legacy-stream op must flush and fence it
         return   # held by the stream's fusion window: enqueued (fused) at its next flush
     blocks = grid[0] * grid[1] * grid[2]
     cores = s.device.cmg.ncores

@@ -191,6 +191,25 @@ def test_legacy_stream_orders_blocking_streams_cudas_example():
     ok(rt.cudaStreamDestroy(s))
 
 
+def test_every_later_legacy_op_still_waits_for_blocking_work_fenced_by_an_earlier_one():
+    # Only streams launched onto since the last legacy op are fenced again: older work must
+    # still hold back later legacy ops through the earlier legacy op they follow.
+    streams = [ok(rt.cudaStreamCreate()) for _ in range(3)]
+    log = []
+    with Gate() as k1:
+        ok(rt.cudaLaunchHostFunc(streams[0], k1, None))
+        assert k1.started.wait(WAIT)
+        ok(rt.cudaLaunchHostFunc(0, recorder(log, "legacy-1"), None))
+        ok(rt.cudaLaunchHostFunc(streams[1], recorder(log, "other"), None))
+        ok(rt.cudaLaunchHostFunc(0, recorder(log, "legacy-2"), None))
+        time.sleep(0.1)
+        assert log == []                 # both legacy ops and the other stream's op wait for k1
+    ok(rt.cudaStreamSynchronize(0))
+    assert log == ["legacy-1", "other", "legacy-2"]
+    for st in streams:
+        ok(rt.cudaStreamDestroy(st))
+
+
 def test_blocking_stream_waits_for_earlier_legacy_work_non_blocking_does_not():
     # cudaStreamNonBlocking: "may run concurrently with work in stream 0 ... should perform
     # no implicit synchronization with stream 0".
