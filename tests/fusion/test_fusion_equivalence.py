@@ -199,6 +199,37 @@ def test_random_chains_fuse_bit_exactly(desc, auto_fusion, queue):
         assert_same_bits(a, e)
 
 
+def _bounds(arr):
+    base = arr
+    while base.base is not None:
+        base = base.base
+    lo = base.__array_interface__["data"][0]
+    return lo, lo + base.nbytes
+
+
+@settings(max_examples=int(EXAMPLES or 10), derandomize=EXAMPLES is None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(desc=chains(), freed=st.lists(st.booleans(), min_size=16, max_size=16))
+def test_random_chains_with_freed_buffers_store_only_what_is_still_live(desc, freed, auto_fusion, queue):
+    # A buffer freed after the chain (cudaFreeAsync on the stream) is dead: the fused kernel
+    # must not store into it, and every other buffer must get the unfused bits.
+    from streamq import fusion
+    expected, calls = materialize(desc)
+    run_unfused(calls)
+    original, _ = materialize(desc)
+    actual, calls = materialize(desc)
+    window = fusion.FusionWindow(queue)
+    assert all(window.offer(*call) for call in calls)
+    dead = [i for i in range(len(actual)) if freed[i % len(freed)]]
+    for i in dead:
+        assert window.discard(*_bounds(actual[i]))
+    window.flush()
+    assert queue.synchronize(timeout=120)
+    for i, (a, e, o) in enumerate(zip(actual, expected, original)):
+        assert_same_bits(a, o if i in dead else e)
+
+
 # ------------------------------------------------------- hand-computed values ---
 
 def test_relu_of_affine_on_hand_computed_values(auto_fusion, queue):
