@@ -14,7 +14,7 @@ import pytest
 
 import streamq
 from streamq import trace
-from streamq.cuda_facade import _memory
+from streamq.cuda_facade import _memory, _rt_copy
 from streamq.cuda_facade import _rt_memory as rt
 from streamq.cuda_facade._context import Stream, device
 from streamq.cuda_facade._errors import cudaError_t, last_error_detail
@@ -486,9 +486,9 @@ def test_overlapping_copies_within_one_allocation_behave_like_memmove(dmem):
 
 
 def test_large_copies_and_sets_split_across_the_cmg_are_exact(dmem, monkeypatch):
-    monkeypatch.setattr(rt, "COPY_SPLIT_BYTES", 1 << 20)
-    monkeypatch.setattr(rt, "_MIN_PART", 1 << 18)
-    monkeypatch.setattr(rt, "COPY_SPLIT_MIN_CORES", 1)
+    monkeypatch.setattr(_rt_copy, "COPY_SPLIT_BYTES", 1 << 20)     # the module that reads them
+    monkeypatch.setattr(_rt_copy, "_MIN_PART", 1 << 18)
+    monkeypatch.setattr(_rt_copy, "COPY_SPLIT_MIN_CORES", 1)
     calls = []
     apply = streamq.Queue.apply
     monkeypatch.setattr(streamq.Queue, "apply", lambda q, n, fn: (calls.append(n), apply(q, n, fn))[1])
