@@ -251,6 +251,8 @@ STREAMQ_KINDS = {
     "cudnn.convolution_forward": "conv fwd", "cudnn.convolution_backward_data": "conv bwd data",
     "cudnn.convolution_backward_filter": "conv bwd filter",
     "cudnn.batch_norm_forward_training": "bn fwd", "cudnn.batch_norm_backward": "bn bwd",
+    # the fused calls (BN [+ residual add] + ReLU) count as batch norm
+    "cudnn.batch_norm_forward_training_ex": "bn fwd", "cudnn.batch_norm_backward_ex": "bn bwd",
     "cudnn.activation_forward": "relu fwd", "cudnn.activation_backward": "relu bwd",
     "cudnn.pooling_forward": "max pool fwd", "cudnn.pooling_backward": "max pool bwd",
     "cudnn.add_tensor": "add", "cublas.gemm": "gemm (fc)", "aten::_foreach_sgd_": "sgd",

@@ -17,11 +17,14 @@ What makes a step cheap, as in a tuned framework:
   step while the shapes stay the same (stream order makes that safe), so a
   steady-state step allocates nothing; an output stays valid until the layer's
   next forward (a gradient, until its next backward);
-* ReLU runs in place (torchvision's ``ReLU(inplace=True)``), forward and backward;
-* the residual sum is fused into the kernels around it: in a block with a
-  projection shortcut the body's last batch norm adds onto the shortcut's output
-  (``beta = 1``), and in backward the body's first convolution accumulates its
-  input gradient onto the shortcut's (``beta = 1``), so no separate add runs there.
+* every ReLU is fused into the batch norm before it, and each block's residual sum
+  into its last batch norm: cudnnBatchNormalizationForwardTrainingEx with
+  CUDNN_BATCHNORM_OPS_BN_ACTIVATION / ..._BN_ADD_ACTIVATION computes
+  ``relu(bn(x) [+ shortcut])`` in one pass, and cudnnBatchNormalizationBackwardEx
+  applies the ReLU's mask (from the saved output) inside the batch-norm gradient and
+  writes the shortcut's gradient, so no separate ReLU or add runs in either direction;
+* in backward the body's first convolution accumulates its input gradient onto the
+  shortcut's (``beta = 1``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ class Engine:
         self.blas = check(cublas.cublasCreate())
         check(cublas.cublasSetStream(self.blas, self.stream))
         self._descs: dict[tuple, object] = {}
+        self.relu_desc = check(cudnn.cudnnCreateActivationDescriptor())
+        check(cudnn.cudnnSetActivationDescriptor(self.relu_desc, cudnn.cudnnActivationMode_t.CUDNN_ACTIVATION_RELU,
+                                                 cudnn.cudnnNanPropagation_t.CUDNN_NOT_PROPAGATE_NAN, 0.0))
 
     def empty(self, shape, dtype=None) -> np.ndarray:
         """A numpy view of fresh facade memory on this engine's device (default: the engine's dtype)."""
@@ -235,13 +241,18 @@ class Conv2d(Layer):
 
 
 class BatchNorm2d(Layer):
-    """Spatial batch normalisation: batch statistics in training, running ones in eval."""
+    """Spatial batch normalisation: batch statistics in training, running ones in eval.
+
+    ``relu=True`` fuses the ReLU that follows it (CUDNN_BATCHNORM_OPS_BN_ACTIVATION);
+    :meth:`forward_add_relu` / :meth:`backward_add_relu` fuse a residual sum as well
+    (..._BN_ADD_ACTIVATION). The fused backward takes the ReLU's mask from the output y.
+    """
 
     MOMENTUM = 0.1      # cuDNN's exponentialAverageFactor, torch's momentum
     EPS = 1e-5
 
-    def __init__(self, eng: Engine, c: int, *, zero_init: bool = False):
-        self.eng, self.c = eng, c
+    def __init__(self, eng: Engine, c: int, *, zero_init: bool = False, relu: bool = False):
+        self.eng, self.c, self.relu = eng, c, relu
         self.scale = eng.param(np.full((1, c, 1, 1), 0.0 if zero_init else 1.0))
         self.bias = eng.param(np.zeros((1, c, 1, 1)))
         self.running_mean = eng.param(np.zeros((1, c, 1, 1)))
@@ -256,6 +267,8 @@ class BatchNorm2d(Layer):
     def forward(self, x, acc=None):
         eng = self.eng
         _check_acc(acc, x.shape)
+        if self.relu:
+            return self.accumulate(self._fused_forward(x, None), acc)
         y = self.buffer("y", x.shape) if acc is None else acc
         beta = 0.0 if acc is None else 1.0          # y = bn(x) + beta * y: the fused residual sum
         xd, bd = eng.tensor_desc(x.shape), eng.tensor_desc((1, self.c, 1, 1))
@@ -265,22 +278,76 @@ class BatchNorm2d(Layer):
                 self.scale.ctypes.data, self.bias.ctypes.data, self.MOMENTUM, self.running_mean.ctypes.data,
                 self.running_var.ctypes.data, self.EPS, self.save_mean.ctypes.data, self.save_inv.ctypes.data))
         else:
-            check(cudnn.cudnnBatchNormalizationForwardInference(
-                eng.dnn, self.mode, 1.0, beta, xd, x.ctypes.data, xd, y.ctypes.data, bd,
-                self.scale.ctypes.data, self.bias.ctypes.data, self.running_mean.ctypes.data,
-                self.running_var.ctypes.data, self.EPS))
+            self._inference(x, y, beta)
         self.x = x
+        return y
+
+    def forward_add_relu(self, x, z):
+        """relu(bn(x) + z), the end of a residual block, in one kernel (training)."""
+        if tuple(z.shape) != tuple(x.shape):
+            raise ValueError(f"z must have shape {tuple(x.shape)}, got {tuple(z.shape)}")
+        return self._fused_forward(x, z)
+
+    def _inference(self, x, y, beta):
+        eng = self.eng
+        xd, bd = eng.tensor_desc(x.shape), eng.tensor_desc((1, self.c, 1, 1))
+        check(cudnn.cudnnBatchNormalizationForwardInference(
+            eng.dnn, self.mode, 1.0, beta, xd, x.ctypes.data, xd, y.ctypes.data, bd,
+            self.scale.ctypes.data, self.bias.ctypes.data, self.running_mean.ctypes.data,
+            self.running_var.ctypes.data, self.EPS))
+
+    def _fused_forward(self, x, z):
+        eng = self.eng
+        y = self.buffer("y", x.shape)
+        xd, bd = eng.tensor_desc(x.shape), eng.tensor_desc((1, self.c, 1, 1))
+        if self.training:
+            ops = (cudnn.CUDNN_BATCHNORM_OPS_BN_ACTIVATION if z is None
+                   else cudnn.CUDNN_BATCHNORM_OPS_BN_ADD_ACTIVATION)
+            check(cudnn.cudnnBatchNormalizationForwardTrainingEx(
+                eng.dnn, self.mode, ops, 1.0, 0.0, xd, x.ctypes.data, None if z is None else xd,
+                None if z is None else z.ctypes.data, xd, y.ctypes.data, bd, self.scale.ctypes.data,
+                self.bias.ctypes.data, self.MOMENTUM, self.running_mean.ctypes.data,
+                self.running_var.ctypes.data, self.EPS, self.save_mean.ctypes.data, self.save_inv.ctypes.data,
+                eng.relu_desc, None, 0, None, 0))
+        else:                                       # no fused inference call in cuDNN
+            self._inference(x, y, 0.0)
+            if z is not None:
+                check(cudnn.cudnnAddTensor(eng.dnn, 1.0, xd, z.ctypes.data, 1.0, xd, y.ctypes.data))
+            check(cudnn.cudnnActivationForward(eng.dnn, eng.relu_desc, 1.0, xd, y.ctypes.data, 0.0, xd,
+                                               y.ctypes.data))
+        self.x, self.y = x, y
         return y
 
     def backward(self, dy, acc=None):
         eng, x = self.eng, self.x
         _check_acc(acc, x.shape)
         dx = self.buffer("dx", x.shape) if acc is None else acc
+        if self.relu:
+            return self._fused_backward(dy, None, dx, 0.0 if acc is None else 1.0)
         xd, bd = eng.tensor_desc(x.shape), eng.tensor_desc((1, self.c, 1, 1))
         check(cudnn.cudnnBatchNormalizationBackward(
             eng.dnn, self.mode, 1.0, 0.0 if acc is None else 1.0, 1.0, 0.0, xd, x.ctypes.data, xd,
             dy.ctypes.data, xd, dx.ctypes.data, bd, self.scale.ctypes.data, self.dscale.ctypes.data,
             self.dbias.ctypes.data, self.EPS, self.save_mean.ctypes.data, self.save_inv.ctypes.data))
+        return dx
+
+    def backward_add_relu(self, dy, dz):
+        """The gradient wrt x of :meth:`forward_add_relu`; the one wrt z (dy masked by the
+        ReLU) is written into ``dz``."""
+        _check_acc(dz, self.x.shape)
+        return self._fused_backward(dy, dz, self.buffer("dx", self.x.shape), 0.0)
+
+    def _fused_backward(self, dy, dz, dx, beta):
+        eng, x = self.eng, self.x
+        xd, bd = eng.tensor_desc(x.shape), eng.tensor_desc((1, self.c, 1, 1))
+        ops = (cudnn.CUDNN_BATCHNORM_OPS_BN_ACTIVATION if dz is None
+               else cudnn.CUDNN_BATCHNORM_OPS_BN_ADD_ACTIVATION)
+        check(cudnn.cudnnBatchNormalizationBackwardEx(
+            eng.dnn, self.mode, ops, 1.0, beta, 1.0, 0.0, xd, x.ctypes.data, xd, self.y.ctypes.data, xd,
+            dy.ctypes.data, None if dz is None else xd, None if dz is None else dz.ctypes.data, xd,
+            dx.ctypes.data, bd, self.scale.ctypes.data, self.bias.ctypes.data, self.dscale.ctypes.data,
+            self.dbias.ctypes.data, self.EPS, self.save_mean.ctypes.data, self.save_inv.ctypes.data,
+            eng.relu_desc, None, 0, None, 0))
         return dx
 
 
@@ -438,47 +505,46 @@ class Sequential(Layer):
 class Residual(Layer):
     """relu(body(x) + shortcut(x)): ResNet's basic and bottleneck blocks.
 
-    With a projection shortcut, the body's last batch norm adds onto the shortcut's
-    output; with an identity shortcut, the sum is one in-place add of x. The ReLU
-    runs in place. Backward sends the ReLU's gradient through the shortcut first,
-    then lets the body's first layer accumulate onto it (for an identity shortcut,
-    onto the ReLU's gradient itself, which the body has finished reading by then).
+    The body's last layer is a batch norm that adds the shortcut's output (x itself
+    for an identity shortcut) and applies the block's ReLU in the same kernel
+    (:meth:`BatchNorm2d.forward_add_relu`). Backward: that batch norm writes the
+    gradient of the sum into the block's ``dz`` buffer, the shortcut runs on it, and
+    the body's first layer accumulates its input gradient onto the shortcut's (for an
+    identity shortcut, onto ``dz`` itself).
     """
 
     def __init__(self, eng: Engine, body: Sequential, shortcut: Sequential | None):
+        if not isinstance(body.children[-1], BatchNorm2d) or body.children[-1].relu:
+            raise ValueError("the body must end with a BatchNorm2d without relu")
         self.eng, self.body, self.shortcut = eng, body, shortcut
-        self.relu = ReLU(eng, inplace=True)
 
     def forward(self, x, acc=None):
-        eng = self.eng
-        if self.shortcut is None:
-            y = self.body.forward(x)
-            check(cudnn.cudnnAddTensor(eng.dnn, 1.0, eng.tensor_desc(x.shape), x.ctypes.data, 1.0,
-                                       eng.tensor_desc(y.shape), y.ctypes.data))
-        else:
-            y = self.body.forward(x, acc=self.shortcut.forward(x))
-        return self.relu.forward(y, acc)
+        *front, last = self.body.children
+        z = x if self.shortcut is None else self.shortcut.forward(x)
+        h = x
+        for layer in front:
+            h = layer.forward(h)
+        return self.accumulate(last.forward_add_relu(h, z), acc)
 
     def backward(self, dy, acc=None):
-        dsum = self.relu.backward(dy)
-        if self.shortcut is None:
-            dx = self.body.backward(dsum, acc=dsum)
-        else:
-            dx = self.body.backward(dsum, acc=self.shortcut.backward(dsum))
-        return self.accumulate(dx, acc)
+        *front, last = self.body.children
+        dz = self.buffer("dz", dy.shape)
+        dh = last.backward_add_relu(dy, dz)
+        base = dz if self.shortcut is None else self.shortcut.backward(dz)
+        for i in range(len(front) - 1, -1, -1):
+            dh = front[i].backward(dh, base if i == 0 else None)
+        return self.accumulate(dh, acc)
 
     def layers(self):
         yield self
         yield from self.body.layers()
         if self.shortcut is not None:
             yield from self.shortcut.layers()
-        yield self.relu
 
 
 def basic_block(eng, cin, cout, stride, rng):
     """Two 3x3 convolutions (ResNet-18/34)."""
-    body = Sequential(Conv2d(eng, cin, cout, 3, stride, 1, rng=rng), BatchNorm2d(eng, cout),
-                      ReLU(eng, inplace=True),
+    body = Sequential(Conv2d(eng, cin, cout, 3, stride, 1, rng=rng), BatchNorm2d(eng, cout, relu=True),
                       Conv2d(eng, cout, cout, 3, 1, 1, rng=rng), BatchNorm2d(eng, cout))
     shortcut = None
     if stride != 1 or cin != cout:
@@ -489,10 +555,8 @@ def basic_block(eng, cin, cout, stride, rng):
 def bottleneck_block(eng, cin, width, stride, rng):
     """1x1 reduce, 3x3 (carrying the stride, as torchvision's v1.5), 1x1 expand x4 (ResNet-50)."""
     cout = width * 4
-    body = Sequential(Conv2d(eng, cin, width, 1, 1, 0, rng=rng), BatchNorm2d(eng, width),
-                      ReLU(eng, inplace=True),
-                      Conv2d(eng, width, width, 3, stride, 1, rng=rng), BatchNorm2d(eng, width),
-                      ReLU(eng, inplace=True),
+    body = Sequential(Conv2d(eng, cin, width, 1, 1, 0, rng=rng), BatchNorm2d(eng, width, relu=True),
+                      Conv2d(eng, width, width, 3, stride, 1, rng=rng), BatchNorm2d(eng, width, relu=True),
                       Conv2d(eng, width, cout, 1, 1, 0, rng=rng), BatchNorm2d(eng, cout))
     shortcut = None
     if stride != 1 or cin != cout:
@@ -521,11 +585,11 @@ class ResNet(Sequential):
         rng = np.random.default_rng(seed)
         block, counts = ARCHITECTURES[depth]
         if small:
-            stem = [Conv2d(eng, in_channels, width, 3, 1, 1, rng=rng, needs_dx=False), BatchNorm2d(eng, width),
-                    ReLU(eng, inplace=True)]
+            stem = [Conv2d(eng, in_channels, width, 3, 1, 1, rng=rng, needs_dx=False),
+                    BatchNorm2d(eng, width, relu=True)]
         else:
-            stem = [Conv2d(eng, in_channels, width, 7, 2, 3, rng=rng, needs_dx=False), BatchNorm2d(eng, width),
-                    ReLU(eng, inplace=True), MaxPool2d(eng)]
+            stem = [Conv2d(eng, in_channels, width, 7, 2, 3, rng=rng, needs_dx=False),
+                    BatchNorm2d(eng, width, relu=True), MaxPool2d(eng)]
         layers, cin = stem, width
         for stage, count in enumerate(counts):
             for i in range(count):

@@ -33,6 +33,7 @@ _INJECTIVE = "aten::copy_ aten::cat cudnn.transform_tensor"
 _REDUCTION = """
 aten::sum aten::mean aten::amax aten::argmax cublas.dot cublas.nrm2 cublas.asum cublas.amax
 cudnn.convolution_backward_bias cudnn.batch_norm_forward_training cudnn.batch_norm_backward
+cudnn.batch_norm_forward_training_ex cudnn.batch_norm_backward_ex
 aten::nll_loss_forward
 """
 _COMPLEX = """

@@ -21,13 +21,19 @@ from streamq.kernels import registry
 
 from ._cudnn_common import alpha_beta, disjoint, enqueue, in_place_or_disjoint, same_dims, \
     same_dtype
-from ._cudnn_descriptors import cudnnDropoutDescriptor_t, dropout_reserve
+from ._cudnn_common import workspace as check_workspace
+from ._cudnn_descriptors import cudnnActivationDescriptor_t, cudnnDropoutDescriptor_t, \
+    dropout_reserve
 from ._cudnn_tensors import cudnnTensorDescriptor_t, packed_strides, tensor_view
-from ._cudnn_types import CUDNN_BN_MIN_EPSILON, LIB, cudnnBatchNormMode_t, cudnnDataType_t, \
-    cudnnTensorFormat_t, live_handle
+from ._cudnn_types import CUDNN_BN_MIN_EPSILON, LIB, cudnnActivationMode_t, cudnnBatchNormMode_t, \
+    cudnnBatchNormOps_t, cudnnDataType_t, cudnnTensorFormat_t, live_handle
 
 __all__ = ["cudnnDeriveBNTensorDescriptor", "cudnnBatchNormalizationForwardTraining",
            "cudnnBatchNormalizationForwardInference", "cudnnBatchNormalizationBackward",
+           "cudnnBatchNormalizationForwardTrainingEx", "cudnnBatchNormalizationBackwardEx",
+           "cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize",
+           "cudnnGetBatchNormalizationBackwardExWorkspaceSize",
+           "cudnnGetBatchNormalizationTrainingExReserveSpaceSize",
            "cudnnDropoutForward", "cudnnDropoutBackward"]
 
 _PER_ACTIVATION = cudnnBatchNormMode_t.CUDNN_BATCHNORM_PER_ACTIVATION
@@ -197,6 +203,171 @@ def cudnnBatchNormalizationBackward(handle, mode, alphaDataDiff, betaDataDiff, a
             reads=[xv, dyv, scale] + _present(saved_mean, saved_inv)
             + ([dxv] if b_d else []) + ([dscale, dbias] if b_p else []),
             writes=[dxv, dscale, dbias])
+
+
+# -- fused batch norm (the *Ex calls) ------------------------------------------------------------------
+
+_OPS = cudnnBatchNormOps_t
+_OPS_NAMES = {_OPS.CUDNN_BATCHNORM_OPS_BN: "bn", _OPS.CUDNN_BATCHNORM_OPS_BN_ACTIVATION: "bn_activation",
+              _OPS.CUDNN_BATCHNORM_OPS_BN_ADD_ACTIVATION: "bn_add_activation"}
+
+
+def _is_null(ptr) -> bool:
+    return ptr is None or (isinstance(ptr, int) and ptr == 0)
+
+
+def _bn_ops(bnOps, activationDesc) -> str:
+    """The kernel's ``ops`` for bnOps; an activation must be a live ReLU descriptor (cuDNN's
+    fused batch norm implements ReLU only: any other mode is NOT_SUPPORTED)."""
+    ops = LIB.enum(cudnnBatchNormOps_t, bnOps, "bnOps")
+    if ops != _OPS.CUDNN_BATCHNORM_OPS_BN:
+        act = cudnnActivationDescriptor_t.live(activationDesc, "activationDesc")
+        if act.mode != cudnnActivationMode_t.CUDNN_ACTIVATION_RELU:
+            raise LIB.unsupported(f"batch norm fuses CUDNN_ACTIVATION_RELU only, got {act.mode.name}")
+    return _OPS_NAMES[ops]
+
+
+def _ex_query(mode, bnOps, activationDesc, xDesc, **descs) -> None:
+    """Check a size query's arguments as the operation would (descriptor kinds, dims, types)."""
+    m, _ = _bn_mode(mode)
+    ops = _bn_ops(bnOps, activationDesc)
+    x = cudnnTensorDescriptor_t.live(xDesc, "xDesc")
+    _bn_dims(m, x.dims)
+    for name, desc in descs.items():
+        if name in ("zDesc", "dzDesc") and ops != "bn_add_activation":
+            continue
+        if name == "yDesc" and desc is None:
+            continue
+        d = cudnnTensorDescriptor_t.live(desc, name)
+        if name == "bnScaleBiasMeanVarDesc" or name == "dBnScaleBiasDesc":
+            continue
+        if d.dims != x.dims or d.data_type != x.data_type:
+            raise LIB.bad(f"{name} must have xDesc's dimensions and data type")
+
+
+@LIB.api(1)
+def cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(handle, mode, bnOps, xDesc, zDesc, yDesc,
+                                                             bnScaleBiasMeanVarDesc, activationDesc):
+    """``(status, 0)``: the facade's fused batch norm needs no workspace."""
+    live_handle(handle)
+    _ex_query(mode, bnOps, activationDesc, xDesc, zDesc=zDesc, yDesc=yDesc,
+              bnScaleBiasMeanVarDesc=bnScaleBiasMeanVarDesc)
+    return 0
+
+
+@LIB.api(1)
+def cudnnGetBatchNormalizationBackwardExWorkspaceSize(handle, mode, bnOps, xDesc, yDesc, dyDesc, dzDesc,
+                                                      dxDesc, dBnScaleBiasDesc, activationDesc):
+    """``(status, 0)``: the facade's fused batch-norm backward needs no workspace."""
+    live_handle(handle)
+    _ex_query(mode, bnOps, activationDesc, xDesc, yDesc=yDesc, dyDesc=dyDesc, dzDesc=dzDesc,
+              dxDesc=dxDesc, dBnScaleBiasDesc=dBnScaleBiasDesc)
+    return 0
+
+
+@LIB.api(1)
+def cudnnGetBatchNormalizationTrainingExReserveSpaceSize(handle, mode, bnOps, activationDesc, xDesc):
+    """``(status, 0)``: nothing passes from forward to backward but y (the ReLU mask is y > 0)."""
+    live_handle(handle)
+    _ex_query(mode, bnOps, activationDesc, xDesc)
+    return 0
+
+
+@LIB.api()
+def cudnnBatchNormalizationForwardTrainingEx(handle, mode, bnOps, alpha, beta, xDesc, xData, zDesc, zData,
+                                             yDesc, yData, bnScaleBiasMeanVarDesc, bnScale, bnBias,
+                                             exponentialAverageFactor, resultRunningMean,
+                                             resultRunningVariance, epsilon, resultSaveMean,
+                                             resultSaveInvVariance, activationDesc, workspace,
+                                             workSpaceSizeInBytes, reserveSpace,
+                                             reserveSpaceSizeInBytes):
+    """y = alpha * act(bn(x) [+ z]) + beta * y with batch statistics, in one task.
+
+    bnOps CUDNN_BATCHNORM_OPS_BN is cudnnBatchNormalizationForwardTraining (activationDesc,
+    z may be NULL); ..._BN_ACTIVATION applies the ReLU of activationDesc;
+    ..._BN_ADD_ACTIVATION adds z (xDesc's dims and type) before it. Only ReLU is fused
+    (else NOT_SUPPORTED). Running and saved statistics as the non-Ex call. Workspace and
+    reserve space may be NULL/0 (the size queries answer 0); z may be y itself.
+    """
+    h = live_handle(handle)
+    ops = _bn_ops(bnOps, activationDesc)
+    check_workspace(workspace, workSpaceSizeInBytes)
+    check_workspace(reserveSpace, reserveSpaceSizeInBytes, "reserveSpace")
+    xv, yv = tensor_view(xDesc, xData, "x"), tensor_view(yDesc, yData, "y")
+    zv = tensor_view(zDesc, zData, "z") if ops == "bn_add_activation" else None
+    dtype = same_dtype(x=xv, y=yv, **({"z": zv} if zv is not None else {}))
+    same_dims(x=xv, y=yv, **({"z": zv} if zv is not None else {}))
+    bn = _BN(mode, xv, bnScaleBiasMeanVarDesc, "bnScaleBiasMeanVarDesc")
+    bn.need_two_values()
+    scale, bias = bn.param(bnScale, "bnScale"), bn.param(bnBias, "bnBias")
+    run_mean, run_var = bn.pair(resultRunningMean, "resultRunningMean", resultRunningVariance,
+                                "resultRunningVariance")
+    save_mean, save_inv = bn.pair(resultSaveMean, "resultSaveMean", resultSaveInvVariance,
+                                  "resultSaveInvVariance")
+    factor = LIB.real(exponentialAverageFactor, "exponentialAverageFactor")
+    if not 0.0 <= factor <= 1.0:
+        raise LIB.bad(f"exponentialAverageFactor must be in [0, 1], got {factor}")
+    eps = _epsilon(epsilon)
+    disjoint("y", yv, x=xv, bnScale=scale, bnBias=bias)
+    if zv is not None:
+        in_place_or_disjoint("y", yv, z=zv)
+    a, b = alpha_beta(dtype, alpha=alpha, beta=beta)
+    outputs = _present(run_mean, run_var, save_mean, save_inv)
+    enqueue(h, "cudnn.batch_norm_forward_training_ex", xv, zv, yv, scale, bias, mode=bn.kernel_mode,
+            epsilon=eps, ops=ops, exponential_average_factor=factor, running_mean=run_mean,
+            running_var=run_var, save_mean=save_mean, save_inv_variance=save_inv, alpha=a, beta=b,
+            reads=[xv, scale, bias] + _present(zv, run_mean, run_var) + ([yv] if b else []),
+            writes=[yv] + outputs)
+
+
+@LIB.api()
+def cudnnBatchNormalizationBackwardEx(handle, mode, bnOps, alphaDataDiff, betaDataDiff, alphaParamDiff,
+                                      betaParamDiff, xDesc, xData, yDesc, yData, dyDesc, dyData, dzDesc,
+                                      dzData, dxDesc, dxData, dBnScaleBiasDesc, bnScaleData, bnBiasData,
+                                      dBnScaleData, dBnBiasData, epsilon, savedMean, savedInvVariance,
+                                      activationDesc, workSpace, workSpaceSizeInBytes, reserveSpace,
+                                      reserveSpaceSizeInBytes):
+    """Gradients of cudnnBatchNormalizationForwardTrainingEx: dy is the gradient of its
+    output y (yData: that output, written with alpha = 1, beta = 0); the ReLU passes dy
+    where y > 0. Writes dx (blended with alphaDataDiff/betaDataDiff), dz for
+    BN_ADD_ACTIVATION (the masked dy, not blended; dz may be dy itself), dscale and
+    dbias (alphaParamDiff/betaParamDiff). bnBiasData is checked but not needed (y gives
+    the mask). yDesc/yData and dzDesc/dzData may be NULL where bnOps does not use them.
+    """
+    h = live_handle(handle)
+    ops = _bn_ops(bnOps, activationDesc)
+    check_workspace(workSpace, workSpaceSizeInBytes)
+    check_workspace(reserveSpace, reserveSpaceSizeInBytes, "reserveSpace")
+    xv, dyv, dxv = tensor_view(xDesc, xData, "x"), tensor_view(dyDesc, dyData, "dy"), \
+        tensor_view(dxDesc, dxData, "dx")
+    yv = tensor_view(yDesc, yData, "y") if ops != "bn" else None
+    dzv = tensor_view(dzDesc, dzData, "dz") if ops == "bn_add_activation" else None
+    extra = {k: v for k, v in (("y", yv), ("dz", dzv)) if v is not None}
+    dtype = same_dtype(x=xv, dy=dyv, dx=dxv, **extra)
+    same_dims(x=xv, dy=dyv, dx=dxv, **extra)
+    bn = _BN(mode, xv, dBnScaleBiasDesc, "dBnScaleBiasDesc")
+    bn.need_two_values()
+    scale = bn.param(bnScaleData, "bnScaleData")
+    if ops != "bn":
+        if _is_null(bnBiasData):
+            raise LIB.bad("bnBiasData must not be NULL when bnOps fuses an activation")
+        bn.param(bnBiasData, "bnBiasData")
+    dscale, dbias = bn.param(dBnScaleData, "dBnScaleData"), bn.param(dBnBiasData, "dBnBiasData")
+    saved_mean, saved_inv = bn.pair(savedMean, "savedMean", savedInvVariance, "savedInvVariance")
+    eps = _epsilon(epsilon)
+    disjoint("dx", dxv, x=xv, dy=dyv, bnScaleData=scale, **({"y": yv} if yv is not None else {}))
+    if dzv is not None:
+        disjoint("dz", dzv, x=xv, y=yv, dx=dxv, bnScaleData=scale)
+        in_place_or_disjoint("dz", dzv, dy=dyv)
+    a_d, b_d, a_p, b_p = alpha_beta(dtype, alphaDataDiff=alphaDataDiff, betaDataDiff=betaDataDiff,
+                                    alphaParamDiff=alphaParamDiff, betaParamDiff=betaParamDiff)
+    enqueue(h, "cudnn.batch_norm_backward_ex", xv, yv, dyv, dzv, dxv, scale, dscale, dbias,
+            mode=bn.kernel_mode, epsilon=eps, ops=ops, saved_mean=saved_mean,
+            saved_inv_variance=saved_inv, alpha_data=a_d, beta_data=b_d, alpha_param=a_p,
+            beta_param=b_p,
+            reads=[xv, dyv, scale] + _present(yv, saved_mean, saved_inv)
+            + ([dxv] if b_d else []) + ([dscale, dbias] if b_p else []),
+            writes=[dxv, dscale, dbias] + _present(dzv))
 
 
 # -- dropout -------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from ._cublas_cudnn_shared import Library, LibraryError, LibraryHandle
 __all__ = ["cudnnStatus_t", "cudnnDataType_t", "cudnnTensorFormat_t", "cudnnNanPropagation_t",
            "cudnnConvolutionMode_t", "cudnnMathType_t", "cudnnConvolutionFwdAlgo_t",
            "cudnnConvolutionBwdDataAlgo_t", "cudnnConvolutionBwdFilterAlgo_t", "cudnnDeterminism_t",
-           "cudnnPoolingMode_t", "cudnnActivationMode_t", "cudnnBatchNormMode_t",
+           "cudnnPoolingMode_t", "cudnnActivationMode_t", "cudnnBatchNormMode_t", "cudnnBatchNormOps_t",
            "cudnnSoftmaxAlgorithm_t", "cudnnSoftmaxMode_t", "cudnnOpTensorOp_t",
            "cudnnConvolutionFwdAlgoPerf_t", "cudnnConvolutionBwdDataAlgoPerf_t",
            "cudnnConvolutionBwdFilterAlgoPerf_t", "cudnnHandle_t", "Descriptor", "LIB",
@@ -168,6 +168,14 @@ class cudnnBatchNormMode_t(enum.IntEnum):
     CUDNN_BATCHNORM_PER_ACTIVATION = 0
     CUDNN_BATCHNORM_SPATIAL = 1
     CUDNN_BATCHNORM_SPATIAL_PERSISTENT = 2
+
+
+class cudnnBatchNormOps_t(enum.IntEnum):
+    """What the *Ex batch-norm calls fuse: BN only, BN then activation, BN + add then activation."""
+
+    CUDNN_BATCHNORM_OPS_BN = 0
+    CUDNN_BATCHNORM_OPS_BN_ACTIVATION = 1
+    CUDNN_BATCHNORM_OPS_BN_ADD_ACTIVATION = 2
 
 
 class cudnnSoftmaxAlgorithm_t(enum.IntEnum):

@@ -1,7 +1,8 @@
-"""cuDNN batch normalisation: training forward, inference forward, backward.
+"""cuDNN batch normalisation: training forward, inference forward, backward, and the
+fused forms (batch norm, then optionally add z, then ReLU) of cuDNN's *Ex calls.
 
 ``x`` is (N, C, *spatial) (NCHW for 4-D), any strides, float16/32/64; ``y``,
-``dy``, ``dx`` match it. Modes:
+``z``, ``dy``, ``dz``, ``dx`` match it. Modes:
 
 * ``"spatial"``: one statistic per channel over (N, *spatial); parameter
   arrays (scale, bias, means, variances) have shape (1, C, 1, ..., 1) or (C,).
@@ -16,16 +17,19 @@ needs m >= 2. ``save_inv_variance`` holds ``1/sqrt(var_biased + epsilon)``.
 Running stats: ``running = (1 - factor)*running + factor*batch`` with
 ``0 <= factor <= 1``; ``factor == 1`` does not read the old values.
 
-Blending: ``y = alpha*bn(x) + beta*y``; in backward ``dx`` uses
+Fused ops (``ops``, cuDNN's cudnnBatchNormOps_t): ``y = act(bn(x) [+ z])``;
+the backward takes dy of the activation's output ``y`` and masks it with
+``y > 0`` (``dz`` receives the masked dy).
+
+Blending: ``y = alpha*result + beta*y``; in backward ``dx`` uses
 (alpha_data, beta_data) and ``dscale``/``dbias`` use (alpha_param,
 beta_param); ``beta == 0`` never reads the output.
 
-numba: statistics in float64. Spatial planes of >= 256 values: per channel,
-per-plane two-pass sums (8 independent partial sums, so no fastmath is
-needed) merged with Chan's formula, then the affine apply for that channel
-while it is still in cache. Per-activation mode and smaller spatial planes:
-x viewed as (N, C*M) columns, two-pass column statistics in cache-sized
-blocks, merged per channel by the law of total variance, then one affine pass.
+numba, spatial mode: one channel per parallel task -- statistics (per-plane
+two-pass sums in float64, merged with Chan's formula), then the channel's
+output while it is still in cache; the backward likewise computes the two
+gradient sums of a channel, then its dx from cache. Per-activation mode:
+column statistics in cache-sized blocks, then one affine pass.
 Contract: ``docs/kernels/dnn.md``.
 """
 
@@ -40,6 +44,8 @@ from ._dnn_common import quiet, JIT, JIT_PAR, K, check_array, check_choice, chec
 from .registry import register
 
 MODES = ("spatial", "per_activation")
+#: cuDNN's cudnnBatchNormOps_t: y = bn(x), relu(bn(x)), relu(bn(x) + z).
+OPS = ("bn", "bn_activation", "bn_add_activation")
 
 
 # --------------------------------------------------------------------------
@@ -143,6 +149,21 @@ def _check_backward(x, dy, dx, scale, dscale, dbias, mode, epsilon, saved_mean,
     return eps, [check_scalar(n, v) for n, v in alphas]
 
 
+def _check_ops(ops, x, **arrays):
+    """Validate ``ops`` and the arrays only some ops use (``y``: the activation output,
+    read by the backward of an activation; ``z``/``dz``: the added tensor and its
+    gradient); an array ``ops`` does not use must be None. Returns ``OPS.index(ops)``."""
+    check_choice("ops", ops, OPS)
+    uses = {"y": ops != "bn", "z": ops == "bn_add_activation", "dz": ops == "bn_add_activation"}
+    for name, arr in arrays.items():
+        if not uses[name]:
+            if arr is not None:
+                raise ValueError(f"{name} is not used with ops={ops!r} and must be None")
+            continue
+        check_like(name, arr, x, "x", writable=name == "dz")
+    return OPS.index(ops)
+
+
 # --------------------------------------------------------------------------
 # reference (float64 numpy)
 # --------------------------------------------------------------------------
@@ -156,24 +177,46 @@ def _param64(arr, mode, x):
     return np.asarray(arr, dtype=np.float64).reshape(_stat_shapes(mode, x)[0])
 
 
-@register("cudnn.batch_norm_forward_training", "reference")
+def _relu64(v):
+    """max(v, 0) that keeps NaN (cuDNN's ReLU propagates it)."""
+    return np.where(v < 0, 0.0, v)
+
+
+@register("cudnn.batch_norm_forward_training_ex", "reference")
 @quiet
+def batch_norm_forward_training_ex_reference(x, z, y, scale, bias, *, mode, epsilon, ops="bn",
+                                             exponential_average_factor=1.0, running_mean=None,
+                                             running_var=None, save_mean=None,
+                                             save_inv_variance=None, alpha=1.0, beta=0.0):
+    """``y = alpha*act(bn(x) [+ z]) + beta*y`` with batch statistics (cuDNN's bnOps:
+    ``"bn"`` no activation, ``"bn_activation"`` ReLU, ``"bn_add_activation"`` add z then ReLU)."""
+    factor, eps, alpha, beta = _check_training(
+        x, y, scale, bias, mode, exponential_average_factor, running_mean, running_var,
+        epsilon, save_mean, save_inv_variance, alpha, beta)
+    opi = _check_ops(ops, x, z=z)
+    x64 = x.astype(np.float64)
+    axes = _axes(mode, x)
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
+    value = _param64(scale, mode, x) * (x64 - mean) / np.sqrt(var + eps) + _param64(bias, mode, x)
+    if opi == 2:
+        value = value + z.astype(np.float64)
+    blend(y, _relu64(value) if opi else value, alpha, beta)
+    _finish_training(mode, x, mean.reshape(-1), var.reshape(-1), factor, eps, running_mean,
+                     running_var, save_mean, save_inv_variance)
+
+
+@register("cudnn.batch_norm_forward_training", "reference")
 def batch_norm_forward_training_reference(x, y, scale, bias, *, mode, epsilon,
                                           exponential_average_factor=1.0, running_mean=None,
                                           running_var=None, save_mean=None,
                                           save_inv_variance=None, alpha=1.0, beta=0.0):
     """``y = alpha*(scale*(x-mean)/sqrt(var+eps) + bias) + beta*y`` with batch statistics."""
-    factor, eps, alpha, beta = _check_training(
-        x, y, scale, bias, mode, exponential_average_factor, running_mean, running_var,
-        epsilon, save_mean, save_inv_variance, alpha, beta)
-    x64 = x.astype(np.float64)
-    axes = _axes(mode, x)
-    mean = x64.mean(axis=axes, keepdims=True)
-    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
-    xhat = (x64 - mean) / np.sqrt(var + eps)
-    blend(y, _param64(scale, mode, x) * xhat + _param64(bias, mode, x), alpha, beta)
-    _finish_training(mode, x, mean.reshape(-1), var.reshape(-1), factor, eps, running_mean,
-                     running_var, save_mean, save_inv_variance)
+    batch_norm_forward_training_ex_reference(
+        x, None, y, scale, bias, mode=mode, epsilon=epsilon,
+        exponential_average_factor=exponential_average_factor, running_mean=running_mean,
+        running_var=running_var, save_mean=save_mean, save_inv_variance=save_inv_variance,
+        alpha=alpha, beta=beta)
 
 
 def _check_inference(x, y, scale, bias, mean, var, mode, epsilon, alpha, beta):
@@ -201,12 +244,16 @@ def batch_norm_forward_inference_reference(x, y, scale, bias, estimated_mean,
     blend(y, value, alpha, beta)
 
 
-@register("cudnn.batch_norm_backward", "reference")
+@register("cudnn.batch_norm_backward_ex", "reference")
 @quiet
-def batch_norm_backward_reference(x, dy, dx, scale, dscale, dbias, *, mode, epsilon,
-                                  saved_mean=None, saved_inv_variance=None, alpha_data=1.0,
-                                  beta_data=0.0, alpha_param=1.0, beta_param=0.0):
-    """Gradients of training-mode batch norm w.r.t. x, scale and bias.
+def batch_norm_backward_ex_reference(x, y, dy, dz, dx, scale, dscale, dbias, *, mode, epsilon,
+                                     ops="bn", saved_mean=None, saved_inv_variance=None,
+                                     alpha_data=1.0, beta_data=0.0, alpha_param=1.0,
+                                     beta_param=0.0):
+    """Gradients of :func:`batch_norm_forward_training_ex_reference` w.r.t. x, scale, bias
+    (and z): ``dy`` is the gradient of the activation's output ``y``; with an activation
+    the ReLU passes ``g = dy`` where ``y > 0`` (else 0), ``dz = g`` (written, not blended)
+    and batch norm's gradient is taken of ``g``.
 
     Uses ``saved_mean``/``saved_inv_variance`` from the forward pass when
     given, else recomputes the batch statistics from ``x``.
@@ -215,7 +262,10 @@ def batch_norm_backward_reference(x, dy, dx, scale, dscale, dbias, *, mode, epsi
         x, dy, dx, scale, dscale, dbias, mode, epsilon, saved_mean, saved_inv_variance,
         [("alpha_data", alpha_data), ("beta_data", beta_data),
          ("alpha_param", alpha_param), ("beta_param", beta_param)])
+    opi = _check_ops(ops, x, y=y, dz=dz)
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    if opi:
+        dy64 = np.where(y.astype(np.float64) > 0, dy64, 0.0)
     axes = _axes(mode, x)
     if saved_mean is None:
         mean = x64.mean(axis=axes, keepdims=True)
@@ -227,9 +277,26 @@ def batch_norm_backward_reference(x, dy, dx, scale, dscale, dbias, *, mode, epsi
     g_scale = (dy64 * xhat).sum(axis=axes, keepdims=True)
     m = _count(mode, x)
     g_x = _param64(scale, mode, x) * inv * (dy64 - g_bias / m - xhat * g_scale / m)
+    if opi == 2:
+        np.copyto(dz, dy64, casting="unsafe")
     blend(dx, g_x, a_d, b_d)
     blend(dscale, g_scale.reshape(dscale.shape), a_p, b_p)
     blend(dbias, g_bias.reshape(dbias.shape), a_p, b_p)
+
+
+@register("cudnn.batch_norm_backward", "reference")
+def batch_norm_backward_reference(x, dy, dx, scale, dscale, dbias, *, mode, epsilon,
+                                  saved_mean=None, saved_inv_variance=None, alpha_data=1.0,
+                                  beta_data=0.0, alpha_param=1.0, beta_param=0.0):
+    """Gradients of training-mode batch norm w.r.t. x, scale and bias.
+
+    Uses ``saved_mean``/``saved_inv_variance`` from the forward pass when
+    given, else recomputes the batch statistics from ``x``.
+    """
+    batch_norm_backward_ex_reference(
+        x, None, dy, None, dx, scale, dscale, dbias, mode=mode, epsilon=epsilon,
+        saved_mean=saved_mean, saved_inv_variance=saved_inv_variance, alpha_data=alpha_data,
+        beta_data=beta_data, alpha_param=alpha_param, beta_param=beta_param)
 
 
 # --------------------------------------------------------------------------
@@ -255,23 +322,49 @@ def _sum8(v):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-@njit(**JIT)
-def _dot_centered8(u, v, mu):
-    """sum((u - mu) * v) in float64, 8 partial sums (``u is v`` gives the M2)."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    n8 = u.size - u.size % 8
-    for i in range(0, n8, 8):
-        s0 += (u[i] - mu) * v[i]
-        s1 += (u[i + 1] - mu) * v[i + 1]
-        s2 += (u[i + 2] - mu) * v[i + 2]
-        s3 += (u[i + 3] - mu) * v[i + 3]
-        s4 += (u[i + 4] - mu) * v[i + 4]
-        s5 += (u[i + 5] - mu) * v[i + 5]
-        s6 += (u[i + 6] - mu) * v[i + 6]
-        s7 += (u[i + 7] - mu) * v[i + 7]
-    for i in range(n8, u.size):
-        s0 += (u[i] - mu) * v[i]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+# Reductions may be reassociated (fastmath "reassoc" + "contract" only: NaN and inf
+# still propagate): without it LLVM keeps each float64 sum a serial scalar chain,
+# with it the loops run 4 lanes wide. Only the summation order changes.
+RJIT = dict(JIT, fastmath={"reassoc", "contract"})
+
+
+@njit(**RJIT)
+def _plane_moments(v):
+    """(mean, sum of squared deviations) of a 1-D array, two-pass in float64."""
+    s = 0.0
+    for i in range(v.size):
+        s += v[i]
+    mu = s / v.size
+    q = 0.0
+    for i in range(v.size):
+        d = v[i] - mu
+        q += d * d
+    return mu, q
+
+
+@njit(**RJIT)
+def _plane_grad_sums(xp, gp, mu):
+    """(sum(g), sum((x - mu) * g)) over one plane in float64."""
+    s = 0.0
+    t = 0.0
+    for i in range(gp.size):
+        g = np.float64(gp[i])
+        s += g
+        t += (xp[i] - mu) * g
+    return s, t
+
+
+@njit(**RJIT)
+def _plane_grad_sums_relu(xp, gp, yp, mu):
+    """As _plane_grad_sums with g = dy where the ReLU output y > 0, else 0."""
+    s = 0.0
+    t = 0.0
+    zero = K(0.0, gp)
+    for i in range(gp.size):
+        g = np.float64(gp[i] if yp[i] > zero else zero)
+        s += g
+        t += (xp[i] - mu) * g
+    return s, t
 
 
 @njit(**JIT)
@@ -282,9 +375,7 @@ def _channel_stats(x3, c):
     m2 = 0.0
     cnt = 0.0
     for n in range(x3.shape[0]):
-        plane = x3[n, c]
-        pm = _sum8(plane) / m
-        pm2 = _dot_centered8(plane, plane, pm)
+        pm, pm2 = _plane_moments(x3[n, c])
         tot = cnt + m
         delta = pm - mean
         mean += delta * m / tot
@@ -294,53 +385,145 @@ def _channel_stats(x3, c):
 
 
 @njit(**JIT)
-def _apply_plane(xp, yp, a, b, alpha, beta):
-    """yp = alpha*(a*xp + b) + beta*yp over one contiguous run (beta == 0: yp not read).
+def _apply_plane(xp, zp, yp, a, b, alpha, beta, ops):
+    """yp = alpha*act(a*xp + b [+ zp]) + beta*yp over one contiguous run (beta == 0:
+    yp not read). ops 0: no activation; 1: ReLU; 2: add zp, then ReLU.
 
     Computed in the data dtype, as torch does (float32 lanes are twice as wide).
     """
     a, b, alpha, beta = K(a, yp), K(b, yp), K(alpha, yp), K(beta, yp)
-    for i in range(yp.size):
-        v = alpha * (a * xp[i] + b)
-        if beta != 0:
-            v += beta * yp[i]
-        yp[i] = v
+    zero = K(0.0, yp)
+    if ops == 0:
+        for i in range(yp.size):
+            v = alpha * (a * xp[i] + b)
+            if beta != 0:
+                v += beta * yp[i]
+            yp[i] = v
+    elif ops == 1:
+        for i in range(yp.size):
+            v = a * xp[i] + b
+            v = alpha * (zero if v < zero else v)       # NaN stays NaN
+            if beta != 0:
+                v += beta * yp[i]
+            yp[i] = v
+    else:
+        for i in range(yp.size):
+            v = a * xp[i] + b + zp[i]
+            v = alpha * (zero if v < zero else v)
+            if beta != 0:
+                v += beta * yp[i]
+            yp[i] = v
 
 
 @njit(**JIT_PAR)
-def _spatial_forward(x3, y3, scale, bias, eps, alpha, beta, mean_out, var_out, apply):
-    """Per channel: statistics, then (if apply) the normalisation of that channel."""
+def _spatial_forward(x3, z3, y3, scale, bias, eps, alpha, beta, mean_out, var_out, ops):
+    """Per channel: statistics, then (ops >= 0) the normalisation of that channel while
+    it is still in cache; ops < 0 computes the statistics only."""
     for c in prange(x3.shape[1]):
         mean, var = _channel_stats(x3, c)
         mean_out[c] = mean
         var_out[c] = var
-        if apply:
+        if ops >= 0:
             a = scale[c] / np.sqrt(var + eps)
             b = bias[c] - mean * a
             for n in range(x3.shape[0]):
-                _apply_plane(x3[n, c], y3[n, c], a, b, alpha, beta)
+                _apply_plane(x3[n, c], z3[n, c], y3[n, c], a, b, alpha, beta, ops)
+
+
+@njit(**JIT)
+def _backward_plane(xp, gp, yp, dzp, op, ca, cb, cc, mh, ml, alpha, beta, ops):
+    """op = alpha*(ca*g + cb*(x - mean) + cc) + beta*op in the data dtype, with g = dy
+    (ops 0) or dy masked by yp > 0 (ops 1; ops 2 also stores g into dzp). The mean
+    is split into mh + ml (data dtype) so that x - mean loses nothing to cancellation."""
+    ca, cb, cc, mh, ml = K(ca, op), K(cb, op), K(cc, op), K(mh, op), K(ml, op)
+    alpha, beta = K(alpha, op), K(beta, op)
+    zero = K(0.0, op)
+    if ops == 0:
+        for i in range(op.size):
+            v = alpha * (ca * gp[i] + cb * ((xp[i] - mh) - ml) + cc)
+            if beta != 0:
+                v += beta * op[i]
+            op[i] = v
+    elif ops == 1:
+        for i in range(op.size):
+            g = gp[i] if yp[i] > zero else zero
+            v = alpha * (ca * g + cb * ((xp[i] - mh) - ml) + cc)
+            if beta != 0:
+                v += beta * op[i]
+            op[i] = v
+    else:
+        for i in range(op.size):
+            g = gp[i] if yp[i] > zero else zero
+            dzp[i] = g
+            v = alpha * (ca * g + cb * ((xp[i] - mh) - ml) + cc)
+            if beta != 0:
+                v += beta * op[i]
+            op[i] = v
 
 
 @njit(**JIT_PAR)
-def _affine(x3, y3, a2, b2, alpha, beta):
-    """y3[n,k,:] = alpha*(a2[k,:]*x3[n,k,:] + b2[k,:]) + beta*y3; a2/b2 are (K, 1) or (K, M)."""
+def _spatial_backward(x3, y3, g3, dz3, o3, mean, inv, scale, alpha, beta, sum_g, sum_gx, ops):
+    """Per channel: the two gradient sums over its N planes, then dx (and dz) of those
+    planes while they are still in cache: x and dy are read from memory once."""
+    m = x3.shape[0] * x3.shape[2]
+    for c in prange(x3.shape[1]):
+        mu = mean[c]
+        s = 0.0
+        t = 0.0
+        for n in range(x3.shape[0]):
+            if ops == 0:
+                ds, dt = _plane_grad_sums(x3[n, c], g3[n, c], mu)
+            else:
+                ds, dt = _plane_grad_sums_relu(x3[n, c], g3[n, c], y3[n, c], mu)
+            s += ds
+            t += dt
+        sum_g[c] = s
+        sum_gx[c] = t
+        iv = inv[c]
+        ca = scale[c] * iv                   # dx = ca*g + cb*(x - mean) + cc
+        cb = -ca * iv * iv * t / m
+        cc = -ca * s / m
+        mh = K(mu, o3)
+        ml = mu - np.float64(mh)
+        for n in range(x3.shape[0]):
+            _backward_plane(x3[n, c], g3[n, c], y3[n, c], dz3[n, c], o3[n, c], ca, cb, cc,
+                            mh, ml, alpha, beta, ops)
+
+
+@njit(**JIT_PAR)
+def _affine(x3, y3, a2, ch2, cl2, b2, alpha, beta):
+    """y3[n,k,:] = alpha*(a2*(x3 - c) + b2) + beta*y3 with c = ch2 + cl2 (the centre split
+    into two data-dtype parts, so that x - c loses nothing to cancellation); the rows
+    are (K, 1) (then computed as a*x + (b - a*c)) or (K, M)."""
     n_, k_, m_ = x3.shape
     for nk in prange(n_ * k_):
         n = nk // k_
         k = nk % k_
         if a2.shape[1] == 1:
-            _apply_plane(x3[n, k], y3[n, k], a2[k, 0], b2[k, 0], alpha, beta)
+            a = np.float64(a2[k, 0])
+            c = np.float64(ch2[k, 0]) + np.float64(cl2[k, 0])
+            _apply_plane(x3[n, k], x3[n, k], y3[n, k], a, np.float64(b2[k, 0]) - a * c,
+                         alpha, beta, 0)
         else:
             xp = x3[n, k]
             yp = y3[n, k]
             ap = a2[k]
+            hp = ch2[k]
+            lp = cl2[k]
             bp = b2[k]
             al, be = K(alpha, yp), K(beta, yp)
             for i in range(m_):
-                v = al * (ap[i] * xp[i] + bp[i])
+                v = al * (ap[i] * ((xp[i] - hp[i]) - lp[i]) + bp[i])
                 if be != 0:
                     v += be * yp[i]
                 yp[i] = v
+
+
+def _affine_coef(layout, rep, a, centre, b, dtype):
+    """The four coefficient rows of :func:`_affine` for per-statistic a, centre, b."""
+    ch = centre.astype(dtype)
+    cl = centre - ch.astype(np.float64)
+    return _coef(layout, rep, a, ch, cl, b, dtype=dtype)
 
 
 _BLOCK = 256
@@ -366,18 +549,6 @@ def _feature_stats(x2, mean_out, var_out):
         for k in range(k0, k1):
             mean_out[k] = s[k - k0]
             var_out[k] = q[k - k0] / n_
-
-
-@njit(**JIT_PAR)
-def _spatial_backward_sums(x3, dy3, mean, sum_dy, sum_dy_xmu):
-    for c in prange(x3.shape[1]):
-        s = 0.0
-        t = 0.0
-        for n in range(x3.shape[0]):
-            s += _sum8(dy3[n, c])
-            t += _dot_centered8(x3[n, c], dy3[n, c], mean[c])
-        sum_dy[c] = s
-        sum_dy_xmu[c] = t
 
 
 @njit(**JIT_PAR)
@@ -435,9 +606,10 @@ def _stage3(mode, arr, *, read=True):
     return staged, staged.reshape(shape)
 
 
-# Spatial planes smaller than this many values are processed like per-activation
-# columns: per-plane kernels would spend their time on loop overhead and on
-# N strided visits per channel, while column kernels stream x in order.
+# Inference (one affine pass, no statistics): spatial planes smaller than this many
+# values are processed like per-activation columns, streaming x in order instead of
+# short per-plane loops. (Training and backward always go per channel: their
+# statistics make each channel's second pass a cache hit.)
 _SMALL_PLANE = 256
 
 
@@ -454,7 +626,7 @@ def _layout(mode, x):
 def _coef(layout, rep, *vectors, dtype=np.float64):
     """Per-statistic vectors shaped for the kernels: (K, 1) per plane, or one (1, L)
     row with each value repeated over its ``rep`` columns; cast to ``dtype`` (the
-    forward affine runs in the data dtype, the backward in float64)."""
+    forward affine runs in the data dtype, the per-activation backward in float64)."""
     if layout == "planes":
         return [np.ascontiguousarray(v, dtype=dtype).reshape(-1, 1) for v in vectors]
     return [np.repeat(v, rep).astype(dtype, copy=False).reshape(1, -1) for v in vectors]
@@ -465,48 +637,65 @@ def _writeback(dst, staged):
         np.copyto(dst, staged, casting="unsafe")
 
 
-def _stats_numba(layout, rep, x3):
-    """Batch mean and biased variance (flat float64) of every statistic."""
-    if layout == "planes":
+def _stats_numba(mode, x3):
+    """Batch mean and biased variance (flat float64) of every statistic; ``x3`` is the
+    (N, C, M) view (spatial) or the (N, 1, L) view (per activation)."""
+    if mode == "spatial":
         mean, var = np.empty(x3.shape[1]), np.empty(x3.shape[1])
-        _spatial_forward(x3, x3, mean, mean, 0.0, 1.0, 0.0, mean, var, False)
+        _spatial_forward(x3, x3, x3, mean, mean, 0.0, 1.0, 0.0, mean, var, -1)
         return mean, var
     mean, var = np.empty(x3.shape[2]), np.empty(x3.shape[2])
     _feature_stats(x3[:, 0, :], mean, var)
-    if rep == 1:
-        return mean, var
-    # Merge each channel's rep columns (N values each): total variance = mean of
-    # the column variances + variance of the column means.
-    mc, vc = mean.reshape(-1, rep), var.reshape(-1, rep)
-    cmean = mc.mean(axis=1)
-    return cmean, vc.mean(axis=1) + ((mc - cmean[:, None]) ** 2).mean(axis=1)
+    return mean, var
+
+
+@register("cudnn.batch_norm_forward_training_ex", "numba")
+@quiet
+def batch_norm_forward_training_ex_numba(x, z, y, scale, bias, *, mode, epsilon, ops="bn",
+                                         exponential_average_factor=1.0, running_mean=None,
+                                         running_var=None, save_mean=None,
+                                         save_inv_variance=None, alpha=1.0, beta=0.0):
+    """Same contract as the reference. Spatial: per channel, statistics then the fused
+    affine + add + ReLU output while the channel is in cache (x read from memory once)."""
+    factor, eps, alpha, beta = _check_training(
+        x, y, scale, bias, mode, exponential_average_factor, running_mean, running_var,
+        epsilon, save_mean, save_inv_variance, alpha, beta)
+    opi = _check_ops(ops, x, z=z)
+    _, x3 = _stage3(mode, x)
+    z3 = _stage3(mode, z)[1] if z is not None else x3
+    ys, y3 = _stage3(mode, y, read=beta != 0)
+    sc, bi = _flat64(scale), _flat64(bias)
+    if mode == "spatial":
+        mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
+        _spatial_forward(x3, z3, y3, sc, bi, eps, alpha, beta, mean, var, opi)
+    else:
+        mean, var = _stats_numba(mode, x3)
+        coef = _affine_coef("columns", 1, sc / np.sqrt(var + eps), mean, bi, x3.dtype)
+        if opi == 0:
+            _affine(x3, y3, *coef, alpha, beta)
+        else:       # per activation (not a cuDNN fast path): affine, then add + ReLU
+            t = np.empty(x3.shape, x3.dtype)
+            _affine(x3, t, *coef, 1.0, 0.0)
+            if opi == 2:
+                t += z3
+            t[t < 0] = 0
+            blend(y3, t, alpha, beta)
+    _writeback(y, ys)
+    _finish_training(mode, x, mean, var, factor, eps, running_mean, running_var,
+                     save_mean, save_inv_variance)
 
 
 @register("cudnn.batch_norm_forward_training", "numba")
-@quiet
 def batch_norm_forward_training_numba(x, y, scale, bias, *, mode, epsilon,
                                       exponential_average_factor=1.0, running_mean=None,
                                       running_var=None, save_mean=None, save_inv_variance=None,
                                       alpha=1.0, beta=0.0):
-    """Same contract as the reference; big spatial planes fuse stats and apply per channel."""
-    factor, eps, alpha, beta = _check_training(
-        x, y, scale, bias, mode, exponential_average_factor, running_mean, running_var,
-        epsilon, save_mean, save_inv_variance, alpha, beta)
-    layout, rep = _layout(mode, x)
-    view = "spatial" if layout == "planes" else "per_activation"
-    _, x3 = _stage3(view, x)
-    ys, y3 = _stage3(view, y, read=beta != 0)
-    sc, bi = _flat64(scale), _flat64(bias)
-    if layout == "planes":
-        mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
-        _spatial_forward(x3, y3, sc, bi, eps, alpha, beta, mean, var, True)
-    else:
-        mean, var = _stats_numba(layout, rep, x3)
-        a = sc / np.sqrt(var + eps)
-        _affine(x3, y3, *_coef(layout, rep, a, bi - mean * a, dtype=x3.dtype), alpha, beta)
-    _writeback(y, ys)
-    _finish_training(mode, x, mean, var, factor, eps, running_mean, running_var,
-                     save_mean, save_inv_variance)
+    """Same contract as the reference; spatial mode fuses stats and apply per channel."""
+    batch_norm_forward_training_ex_numba(
+        x, None, y, scale, bias, mode=mode, epsilon=epsilon,
+        exponential_average_factor=exponential_average_factor, running_mean=running_mean,
+        running_var=running_var, save_mean=save_mean, save_inv_variance=save_inv_variance,
+        alpha=alpha, beta=beta)
 
 
 @register("cudnn.batch_norm_forward_inference", "numba")
@@ -521,44 +710,63 @@ def batch_norm_forward_inference_numba(x, y, scale, bias, estimated_mean, estima
     _, x3 = _stage3(view, x)
     ys, y3 = _stage3(view, y, read=beta != 0)
     a = _flat64(scale) / np.sqrt(_flat64(estimated_variance) + eps)
-    _affine(x3, y3, *_coef(layout, rep, a, _flat64(bias) - _flat64(estimated_mean) * a,
-                           dtype=x3.dtype), alpha, beta)
+    _affine(x3, y3, *_affine_coef(layout, rep, a, _flat64(estimated_mean), _flat64(bias), x3.dtype),
+            alpha, beta)
     _writeback(y, ys)
 
 
-@register("cudnn.batch_norm_backward", "numba")
+@register("cudnn.batch_norm_backward_ex", "numba")
 @quiet
-def batch_norm_backward_numba(x, dy, dx, scale, dscale, dbias, *, mode, epsilon,
-                              saved_mean=None, saved_inv_variance=None, alpha_data=1.0,
-                              beta_data=0.0, alpha_param=1.0, beta_param=0.0):
-    """Same contract as the reference; two parallel passes (sums, then dx)."""
+def batch_norm_backward_ex_numba(x, y, dy, dz, dx, scale, dscale, dbias, *, mode, epsilon,
+                                 ops="bn", saved_mean=None, saved_inv_variance=None,
+                                 alpha_data=1.0, beta_data=0.0, alpha_param=1.0, beta_param=0.0):
+    """Same contract as the reference. Spatial: per channel, the two sums of the (masked)
+    gradient, then dx (and dz) while the channel is in cache."""
     eps, (a_d, b_d, a_p, b_p) = _check_backward(
         x, dy, dx, scale, dscale, dbias, mode, epsilon, saved_mean, saved_inv_variance,
         [("alpha_data", alpha_data), ("beta_data", beta_data),
          ("alpha_param", alpha_param), ("beta_param", beta_param)])
-    layout, rep = _layout(mode, x)
-    view = "spatial" if layout == "planes" else "per_activation"
-    _, x3 = _stage3(view, x)
-    _, g3 = _stage3(view, dy)
-    dxs, o3 = _stage3(view, dx, read=b_d != 0)
+    opi = _check_ops(ops, x, y=y, dz=dz)
+    _, x3 = _stage3(mode, x)
+    _, g3 = _stage3(mode, dy)
+    y3 = _stage3(mode, y)[1] if y is not None else x3
+    dxs, o3 = _stage3(mode, dx, read=b_d != 0)
+    dzs, dz3 = _stage3(mode, dz, read=False) if dz is not None else (None, o3)
     if saved_mean is None:
-        mean, var = _stats_numba(layout, rep, x3)
+        mean, var = _stats_numba(mode, x3)
         inv = 1.0 / np.sqrt(var + eps)
     else:
         mean, inv = _flat64(saved_mean), _flat64(saved_inv_variance)
-    if layout == "planes":
-        sum_dy, sum_dy_xmu = np.empty_like(mean), np.empty_like(mean)
-        _spatial_backward_sums(x3, g3, mean, sum_dy, sum_dy_xmu)
+    if mode == "spatial":
+        sum_g, sum_gx = np.empty_like(mean), np.empty_like(mean)
+        _spatial_backward(x3, y3, g3, dz3, o3, mean, inv, _flat64(scale), a_d, b_d, sum_g,
+                          sum_gx, opi)
     else:
-        s1, s2 = np.empty(x3.shape[2]), np.empty(x3.shape[2])
-        _feature_backward_sums(x3[:, 0, :], g3[:, 0, :], np.repeat(mean, rep), s1, s2)
-        sum_dy, sum_dy_xmu = s1.reshape(-1, rep).sum(axis=1), s2.reshape(-1, rep).sum(axis=1)
-    m = _count(mode, x)
-    g_scale = sum_dy_xmu * inv
-    ca = _flat64(scale) * inv                   # dx = ca*dy + cb*x + cc
-    cb = -ca * inv * inv * sum_dy_xmu / m
-    cc = -ca * sum_dy / m - cb * mean
-    _backward_apply(x3, g3, o3, *_coef(layout, rep, ca, cb, cc), a_d, b_d)
+        if opi:             # per activation (not a cuDNN fast path): mask first
+            g3 = np.where(y3 > 0, g3, g3.dtype.type(0))
+            if opi == 2:
+                np.copyto(dz3, g3)
+        sum_g, sum_gx = np.empty(x3.shape[2]), np.empty(x3.shape[2])
+        _feature_backward_sums(x3[:, 0, :], g3[:, 0, :], mean, sum_g, sum_gx)
+        m = _count(mode, x)
+        ca = _flat64(scale) * inv                   # dx = ca*dy + cb*x + cc
+        cb = -ca * inv * inv * sum_gx / m
+        cc = -ca * sum_g / m - cb * mean
+        _backward_apply(x3, g3, o3, *_coef("columns", 1, ca, cb, cc), a_d, b_d)
     _writeback(dx, dxs)
-    blend(dscale, g_scale.reshape(dscale.shape), a_p, b_p)
-    blend(dbias, sum_dy.reshape(dbias.shape), a_p, b_p)
+    if dz is not None:
+        _writeback(dz, dzs)
+    blend(dscale, (sum_gx * inv).reshape(dscale.shape), a_p, b_p)
+    blend(dbias, sum_g.reshape(dbias.shape), a_p, b_p)
+
+
+@register("cudnn.batch_norm_backward", "numba")
+def batch_norm_backward_numba(x, dy, dx, scale, dscale, dbias, *, mode, epsilon,
+                              saved_mean=None, saved_inv_variance=None, alpha_data=1.0,
+                              beta_data=0.0, alpha_param=1.0, beta_param=0.0):
+    """Same contract as the reference; two passes over each channel (sums, then dx), the
+    second from cache."""
+    batch_norm_backward_ex_numba(
+        x, None, dy, None, dx, scale, dscale, dbias, mode=mode, epsilon=epsilon,
+        saved_mean=saved_mean, saved_inv_variance=saved_inv_variance, alpha_data=alpha_data,
+        beta_data=beta_data, alpha_param=alpha_param, beta_param=beta_param)

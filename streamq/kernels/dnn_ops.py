@@ -5,7 +5,8 @@ numpy, the test oracle) and ``numba`` (parallel ``@njit`` kernels):
 
 * ``cudnn.activation_forward`` / ``cudnn.activation_backward``
 * ``cudnn.batch_norm_forward_training`` / ``cudnn.batch_norm_forward_inference``
-  / ``cudnn.batch_norm_backward``
+  / ``cudnn.batch_norm_backward``; the fused (batch norm + add + ReLU) forms
+  ``cudnn.batch_norm_forward_training_ex`` / ``cudnn.batch_norm_backward_ex``
 * ``cudnn.softmax_forward`` / ``cudnn.softmax_backward``
 * ``cudnn.add_tensor``, ``cudnn.op_tensor``, ``cudnn.transform_tensor``,
   ``cudnn.scale_tensor``, ``cudnn.set_tensor``
@@ -29,10 +30,15 @@ from ._dnn_activation import (  # noqa: F401
 )
 from ._dnn_batchnorm import (  # noqa: F401
     MODES as BATCH_NORM_MODES,
+    OPS as BATCH_NORM_OPS,
+    batch_norm_backward_ex_numba,
+    batch_norm_backward_ex_reference,
     batch_norm_backward_numba,
     batch_norm_backward_reference,
     batch_norm_forward_inference_numba,
     batch_norm_forward_inference_reference,
+    batch_norm_forward_training_ex_numba,
+    batch_norm_forward_training_ex_reference,
     batch_norm_forward_training_numba,
     batch_norm_forward_training_reference,
 )

@@ -97,7 +97,7 @@ def _torch_resnet(torch, model: rm.ResNet):
             bn = nn.BatchNorm2d(layer.c, eps=layer.EPS, momentum=layer.MOMENTUM)
             bn.weight.data = torch.from_numpy(layer.scale.reshape(-1).copy())
             bn.bias.data = torch.from_numpy(layer.bias.reshape(-1).copy())
-            return bn
+            return nn.Sequential(bn, nn.ReLU()) if layer.relu else bn
         if isinstance(layer, rm.ReLU):
             return nn.ReLU()
         if isinstance(layer, rm.MaxPool2d):
