@@ -30,11 +30,23 @@ gets its best time over the quiet rounds:
 Prints markdown tables: ms per call, ratios = peer time / our time (> 1 means
 we are faster), geometric means over the layers, and the load (uptime) before
 and after each batch size.
+
+``--passes`` instead times forward, backward data and backward filter
+separately on ``PASS_LAYERS`` (the task list of ResNet-50 shapes), in one
+process, round-robin between ours (numba provider), ours "legacy" (the same
+with Winograd and the phase-split strided im2col switched off: the engine
+before them) and torch oneDNN NCHW at 2 threads; run it with the tuned-malloc
+environment so torch is not penalised by page faults::
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 \\
+    MALLOC_TOP_PAD_=1073741824 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
+    python benchmarks/bench_conv.py --passes --batch 16 --repeats 6
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -353,6 +365,102 @@ def uptime():
         return "load average: " + " ".join(open("/proc/loadavg").read().split()[:3])
 
 
+# --------------------------------------------------------------------------- #
+# --passes: forward / backward data / backward filter per layer, with the
+# engine as it was before Winograd and the phase-split im2col ("legacy")
+# --------------------------------------------------------------------------- #
+
+#: The ResNet-50 shapes of the per-pass table: indices into LAYERS.
+PASS_LAYERS = [0, 2, 6, 10, 12, 16, 18, 22, 1, 3, 4, 9]
+PASSES = ("forward", "backward_data", "backward_filter")
+
+
+@contextlib.contextmanager
+def legacy_engine(on: bool):
+    """Within the block, run the numba provider without Winograd and the phase-split im2col."""
+    from streamq.kernels import _conv_numba, _conv_winograd
+    saved = _conv_winograd.applies, _conv_numba.im2col_strided
+    if on:
+        _conv_winograd.applies = lambda g: False
+        _conv_numba.im2col_strided = _conv_numba.im2col
+    try:
+        yield
+    finally:
+        _conv_winograd.applies, _conv_numba.im2col_strided = saved
+
+
+def pass_fns(layer, n):
+    """{engine: {pass: fn}} for ours (numba provider), ours legacy and torch (oneDNN, NCHW)."""
+    import torch
+    from streamq.kernels import conv
+    C, K, H, R, s, p = layer
+    x, w, dy = layer_data(layer, n)
+    y, dx, dw = np.empty_like(dy), np.empty_like(x), np.empty_like(w)
+    kw = dict(pad=p, stride=s)
+    ours = {"forward": lambda: conv.convolution_forward_numba(x, w, y, **kw),
+            "backward_data": lambda: conv.convolution_backward_data_numba(w, dy, dx, **kw),
+            "backward_filter": lambda: conv.convolution_backward_filter_numba(x, dy, dw, **kw)}
+    xt, wt, dyt = (torch.from_numpy(a) for a in (x, w, dy))
+
+    def back(mask):
+        with torch.no_grad():
+            torch.ops.aten.convolution_backward(dyt, xt, wt, None, [s, s], [p, p], [1, 1],
+                                                False, [0, 0], 1, mask)
+
+    def fwd():
+        with torch.no_grad():
+            torch.nn.functional.conv2d(xt, wt, stride=s, padding=p)
+    torch_ = {"forward": fwd, "backward_data": lambda: back([True, False, False]),
+              "backward_filter": lambda: back([False, True, False])}
+    return ours, torch_
+
+
+def run_passes(batch: int, rounds: int, indices, threads: int = THREADS) -> str:
+    """Interleaved best-of-rounds ms per layer and pass: ours, ours legacy, torch; a markdown table.
+
+    ``threads``: torch's thread count and our engine's (OpenBLAS limit and work-item threads).
+    """
+    import threadpoolctl
+    import torch
+    from streamq.kernels import _conv_gemm
+    torch.set_num_threads(threads)
+    threadpoolctl.threadpool_limits(threads, user_api="blas")
+    _conv_gemm.THREADS = threads
+    engines = ("ours", "legacy", "torch")
+    best: dict = {}
+    before = uptime()
+    fns = {i: pass_fns(LAYERS[i], batch) for i in indices}
+    for i in indices:  # warm-up: numba compiles, workspaces, first touch
+        for ps in PASSES:
+            for legacy in (False, True):
+                with legacy_engine(legacy):
+                    fns[i][0][ps]()
+            fns[i][1][ps]()
+    for r in range(rounds):
+        for i in indices:
+            for ps in PASSES:
+                order = engines if r % 2 == 0 else engines[::-1]
+                for eng in order:
+                    time.sleep(PAUSE_S)
+                    fn = fns[i][1][ps] if eng == "torch" else fns[i][0][ps]
+                    with legacy_engine(eng == "legacy"):
+                        t = best_of(fn, 2)
+                    best[i, ps, eng] = min(best.get((i, ps, eng), np.inf), t)
+    out = [f"### batch {batch}, float32, {threads} threads: ms (best of {rounds} rounds x 2 calls)",
+           "", f"load before: {before}", f"load after: {uptime()}", "",
+           "| layer C->K HxW RxS/s | pass | legacy | ours | torch oneDNN | ours vs legacy "
+           "| torch / legacy | torch / ours | ours GFLOP/s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for i in indices:
+        C, K, H, R, s, p = LAYERS[i]
+        for ps in PASSES:
+            o, lg, t = (best[i, ps, e] for e in ("ours", "legacy", "torch"))
+            out.append(f"| {C}->{K} {H}x{H} {R}x{R}/s{s} | {ps} | {lg * 1e3:.2f} | {o * 1e3:.2f} | "
+                       f"{t * 1e3:.2f} | {lg / o:.2f}x | {t / lg:.2f} | {t / o:.2f} | "
+                       f"{flops(LAYERS[i], batch) / o / 1e9:.0f} |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 32])
@@ -367,9 +475,20 @@ def main():
     ap.add_argument("--max-wait", type=float, default=30.0,
                     help="seconds to wait for a quiet machine before each round")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--passes", action="store_true",
+                    help="per-pass table (forward, backward data, backward filter) of the "
+                         "PASS_LAYERS shapes: ours vs ours legacy vs torch, in-process")
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="threads of every contender in --passes mode")
     args = ap.parse_args()
     if args.torch_worker:
         torch_worker()
+        return
+    if args.passes:
+        indices = args.layers if args.layers is not None else PASS_LAYERS
+        for b, batch in enumerate(args.batch):
+            print(run_passes(batch, args.repeats[min(b, len(args.repeats) - 1)], indices,
+                             args.threads), flush=True)
         return
     import threadpoolctl
     import torch

@@ -3,8 +3,13 @@
 Private engine behind the ``blas`` and ``numba`` providers of
 :mod:`streamq.kernels.conv`. Arguments arrive validated (see ``conv.py``).
 
-Three formulations, chosen per call from the geometry:
+Formulations, chosen per call from the geometry:
 
+* **Winograd F(2x2, 3x3)** (``_conv_winograd``; numba lowering, float32
+  compute, finite inputs): all three passes of wide 3x3 stride-1
+  convolutions (see :func:`_winograd` and ``_conv_winograd.applies``);
+  backward data runs as the forward conv of dy with transposed, flipped
+  filters (:func:`_transposed_forward`).
 * **pointwise** (1x1, stride 1, no padding): ``Y[n] = W @ X[n]``; an image
   already is its column matrix, so large images need no copy at all.
 * **phase-split implicit GEMM** (:func:`shift_forward`, forward pass only;
@@ -29,13 +34,16 @@ sum into a partial per thread, added up at the end.
 
 A *lowering* supplies the im2col/col2im moves: :class:`NumpyLowering` (plain
 numpy slicing, used by the ``blas`` provider) or :class:`NumbaLowering`
-(serial ``nogil`` numba kernels, used by the ``numba`` provider). Workspaces
+(serial ``nogil`` numba kernels, used by the ``numba`` provider; for wide
+strided filters they split input rows into column phases first, so every
+copy is unit-stride). Workspaces
 are cached per thread and only grow, so steady-state calls do not allocate
 big buffers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 
@@ -82,6 +90,9 @@ def _valid(off: int, step: int, size: int, count: int) -> tuple[int, int]:
 
 class NumpyLowering:
     """im2col / col2im by numpy slicing, one (r, s) filter tap at a time."""
+
+    #: Whether the numba Winograd kernels may be used (the ``blas`` provider runs without numba).
+    winograd = False
 
     @staticmethod
     def im2col(x, col, n0, nb, c0, p0, np_, g):
@@ -131,11 +142,16 @@ class NumpyLowering:
 class NumbaLowering:
     """im2col / col2im by serial numba kernels (``_conv_numba``)."""
 
+    winograd = True
+
     @staticmethod
     def im2col(x, col, n0, nb, c0, p0, np_, g):
         from . import _conv_numba as nk
-        nk.im2col(x, col, n0, nb, c0, g.Cg, p0, np_, g.Q, g.R, g.S,
-                  g.ph, g.pw, g.sh, g.sw, g.dh, g.dw)
+        # Splitting rows into column phases pays for wide strided filters (the 7x7/s2 stem:
+        # im2col 2.5x faster); for 3x3/s2 it measured even.
+        kernel = nk.im2col_strided if 1 < g.sw and 2 * g.sw < g.S else nk.im2col
+        kernel(x, col, n0, nb, c0, g.Cg, p0, np_, g.Q, g.R, g.S,
+               g.ph, g.pw, g.sh, g.sw, g.dh, g.dw)
 
     @staticmethod
     def col2im_add(col, acc, nb, c0, p0, np_, g):
@@ -159,12 +175,13 @@ def _per_image(g) -> bool:
     return _pointwise(g) and g.P * g.Q >= POINTWISE_MIN_COLS
 
 
-def plan(g, rows: int, parts: int = 1) -> list[tuple[int, int, int, int]]:
+def plan(g, rows: int, parts: int = 1, limit: int | None = None) -> list[tuple[int, int, int, int]]:
     """Blocks (n0, nb, p0, np_) covering all images and output rows, in order.
 
     A block is either ``nb >= 1`` whole images or a band of ``np_`` output rows
     of one image, sized so its column matrix (``rows`` x ``nb*np_*Q``) stays
-    within :data:`COL_BLOCK_ELEMS` (a single output row may exceed it). Whole-
+    within ``limit`` elements, by default :data:`COL_BLOCK_ELEMS` (a single
+    output row may exceed it). Whole-
     image blocks are balanced over ``parts`` threads: their count is a multiple
     of ``parts`` where the batch allows. Large pointwise images are one block
     each, split into column bands when there are fewer images than ``parts``.
@@ -173,14 +190,15 @@ def plan(g, rows: int, parts: int = 1) -> list[tuple[int, int, int, int]]:
         nbands = -(-parts // g.N) if g.N < parts else 1
         band = -(-g.P // min(nbands, g.P))
         return [(n, 1, p0, min(band, g.P - p0)) for n in range(g.N) for p0 in range(0, g.P, band)]
+    limit = COL_BLOCK_ELEMS if limit is None else limit
     per_image = rows * g.P * g.Q
-    if per_image <= COL_BLOCK_ELEMS:
-        nb = max(1, min(g.N, COL_BLOCK_ELEMS // per_image, -(-g.N // parts)))
+    if per_image <= limit:
+        nb = max(1, min(g.N, limit // per_image, -(-g.N // parts)))
         nblocks = -(-g.N // nb)
         nblocks = min(g.N, -(-nblocks // parts) * parts)
         nb = -(-g.N // nblocks)
         return [(n0, min(nb, g.N - n0), 0, g.P) for n0 in range(0, g.N, nb)]
-    band = max(1, COL_BLOCK_ELEMS // (rows * g.Q))
+    band = max(1, limit // (rows * g.Q))
     nbands = -(-g.P // band)
     band = -(-g.P // nbands)
     return [(n, 1, p0, min(band, g.P - p0)) for n in range(g.N) for p0 in range(0, g.P, band)]
@@ -362,9 +380,26 @@ def shift_forward(x, w, y, g, alpha, beta):
 # Entry points
 # --------------------------------------------------------------------------- #
 
+def _winograd(lower, g, cdt):
+    """The Winograd module when ``lower`` may use it and ``g`` suits it, else None.
+
+    float32 compute only: float64 callers want the direct sums' accuracy, and
+    one dtype keeps the cold numba compile short.
+    """
+    if not lower.winograd or cdt != np.float32:
+        return None
+    from . import _conv_winograd
+    return _conv_winograd if _conv_winograd.applies(g) else None
+
+
 def forward(lower, x, w, y, g, alpha, beta):
     """y = alpha * conv(x, w) + beta * y; w already oriented (flipped if needed)."""
     cdt = compute_dtype(y.dtype)
+    wino = _winograd(lower, g, cdt)
+    if wino is not None:
+        xc = np.ascontiguousarray(x, dtype=cdt)
+        if wino.all_finite(xc):  # else inf - inf in the transforms would make NaN
+            return wino.forward(xc, w, y, g, alpha, beta)
     if use_shift(g):
         return shift_forward(x, w, y, g, alpha, beta)
     xc = np.ascontiguousarray(x, dtype=cdt)
@@ -417,10 +452,31 @@ def _by_images(blocks):
     return items
 
 
+def _transposed_forward(dyc, w, dx, g, alpha, beta) -> bool:
+    """Backward data of a 3x3 stride-1 conv as a Winograd forward conv; False if dy is not finite.
+
+    dx[n, c] = sum over k of dy[n, k] cross-correlated with w[k, c] flipped in
+    both axes, padded by 2 - pad: a forward convolution with filters
+    (C, Kg, 3, 3) per group, input channels and output channels swapped.
+    """
+    from . import _conv_winograd
+    if not _conv_winograd.all_finite(dyc):
+        return False
+    wt = (w.reshape(g.G, g.Kg, g.Cg, g.R, g.S).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+          .reshape(g.C, g.Kg, g.R, g.S))
+    gt = dataclasses.replace(g, C=g.K, H=g.P, W=g.Q, K=g.C, P=g.H, Q=g.W,
+                             ph=g.dh * (g.R - 1) - g.ph, pw=g.dw * (g.S - 1) - g.pw)
+    _conv_winograd.forward(dyc, wt, dx, gt, alpha, beta)
+    return True
+
+
 def backward_data(lower, w, dy, dx, g, alpha, beta):
     """dx = alpha * conv_transpose(dy, w) + beta * dx; w already oriented."""
     cdt = compute_dtype(dx.dtype)
     dyc = np.ascontiguousarray(dy, dtype=cdt)
+    if _winograd(lower, g, cdt) is not None and g.ph <= 2 and g.pw <= 2 and _transposed_forward(
+            dyc, w, dx, g, alpha, beta):
+        return
     wm = np.ascontiguousarray(w, dtype=cdt).reshape(g.K, -1)
     rows = g.Cg * g.R * g.S
     direct = _direct(dx, cdt)
@@ -472,6 +528,9 @@ def backward_filter(lower, x, dy, dw, g, alpha, beta, flip):
     cdt = compute_dtype(x.dtype)
     xc = np.ascontiguousarray(x, dtype=cdt)
     dyc = np.ascontiguousarray(dy, dtype=cdt)
+    wino = _winograd(lower, g, cdt)
+    if wino is not None and wino.all_finite(xc) and wino.all_finite(dyc):
+        return wino.backward_filter(xc, dyc, dw, g, alpha, beta, flip)
     rows = g.Cg * g.R * g.S
     acc = _Partials("conv.dw", (g.K, g.Cg, g.R, g.S), cdt)
     blocks = plan(g, rows, threads())

@@ -97,6 +97,51 @@ def im2col(x, col, n0, nb, c0, cg, p0, np_, Q, R, S, ph, pw, sh, sw, dh, dw):
 
 
 @njit(**_JIT)
+def im2col_strided(x, col, n0, nb, c0, cg, p0, np_, Q, R, S, ph, pw, sh, sw, dh, dw):
+    """:func:`im2col` for column stride ``sw > 1``, by unit-stride copies.
+
+    Each input row the block reads is first split once into its ``sw`` column
+    phases (zero-padded: phase b, column j holds padded column j*sw + b);
+    tap (r, s) of an output row is then one contiguous run of Q values of
+    phase (s*dw) % sw from column (s*dw) // sw. Same layout and result as
+    :func:`im2col`; x and col must be C-contiguous.
+    """
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Wph = (W + 2 * pw + sw - 1) // sw
+    hlo = p0 * sh - ph
+    nh = (np_ - 1) * sh + (R - 1) * dh + 1  # input rows the band spans (some may be padding)
+    buf = np.zeros(nh * sw * Wph, dtype=col.dtype)
+    xf = x.reshape(-1)
+    cf = col.reshape(-1)
+    ncols = nb * np_ * Q
+    for c in range(cg):
+        for i in range(nb):
+            plane = ((n0 + i) * C + c0 + c) * H
+            for hh in range(nh):
+                h = hlo + hh
+                if h < 0 or h >= H:
+                    continue  # never read: rows outside the image are zero-filled below
+                for b in range(sw):
+                    # phase b, column j <- x column j*sw + b - pw where inside the image
+                    lo, hi = _q_range(b - pw, sw, W, Wph)
+                    d = (hh * sw + b) * Wph
+                    _zero_run(buf, d, lo)
+                    _copy_run(buf, d + lo, xf, (plane + h) * W + lo * sw + b - pw, hi - lo, sw)
+                    _zero_run(buf, d + hi, Wph - hi)
+            for r in range(R):
+                for s in range(S):
+                    row = (c * R + r) * S + s
+                    b, off = (s * dw) % sw, (s * dw) // sw
+                    for pp in range(np_):
+                        hh = pp * sh + r * dh
+                        d = row * ncols + (i * np_ + pp) * Q
+                        if hlo + hh < 0 or hlo + hh >= H:
+                            _zero_run(cf, d, Q)
+                        else:
+                            _copy_run(cf, d, buf, (hh * sw + b) * Wph + off, Q, 1)
+
+
+@njit(**_JIT)
 def col2im_add(col, dx, nb, c0, cg, p0, np_, Q, R, S, ph, pw, sh, sw, dh, dw):
     """Scatter-add ``col`` (cg*R*S, nb*np_*Q) into dx[0:nb, c0:c0+cg] (the adjoint of im2col).
 

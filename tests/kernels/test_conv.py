@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import streamq.kernels as kernels
-from streamq.kernels import _conv_fast, _conv_gemm, conv
+from streamq.kernels import _conv_fast, _conv_gemm, _conv_winograd, conv
 
 FWD = "cudnn.convolution_forward"
 BWD_DATA = "cudnn.convolution_backward_data"
@@ -96,6 +96,10 @@ CASES = [
                             dilation=(2, 1), mode="convolution")),
     ("convolution_mode", dict(x=(2, 3, 6, 7), w=(2, 3, 3, 2), stride=(1, 2), mode="convolution")),
     ("7x7_stride2", dict(x=(1, 2, 15, 13), w=(3, 2, 7, 7), stride=2, pad=3)),
+    # 3x3 stride 1 (Winograd when forced): odd output sizes, no/large/uneven padding, groups.
+    ("3x3_odd_pad0", dict(x=(3, 5, 9, 6), w=(7, 5, 3, 3))),
+    ("3x3_pad2_groups", dict(x=(1, 6, 5, 8), w=(4, 3, 3, 3), pad=(2, 1), groups=2)),
+    ("3x3_pad3", dict(x=(2, 2, 4, 5), w=(3, 2, 3, 3), pad=3, mode="convolution")),
 ]
 
 # Paths of the fast engine, forced by its module constants so that small test
@@ -113,13 +117,27 @@ PATHS = {
     "im2col_batched": dict(SHIFT_MIN_CHANNELS=10**9, COL_BLOCK_ELEMS=10**6,
                            POINTWISE_MIN_COLS=10**9, THREADS=3),
     "pointwise_bands": dict(POINTWISE_MIN_COLS=1, THREADS=3),
+    # Winograd F(2x2, 3x3) for every 3x3 stride-1 case (numba provider), whole
+    # images per block or bands of tile rows.
+    "winograd": dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_MAX_TILE_WASTE=10, THREADS=3),
+    "winograd_bands": dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_MAX_TILE_WASTE=10,
+                           WINOGRAD_BLOCK_ELEMS=40, THREADS=3),
 }
+
+
+def _module_of(name):
+    """The module a PATHS setting patches, and the attribute name there."""
+    if name == "THREADS":
+        return _conv_gemm, name
+    if name.startswith("WINOGRAD_"):
+        return _conv_winograd, name[len("WINOGRAD_"):]
+    return _conv_fast, name
 
 
 @pytest.fixture(params=list(PATHS))
 def path(request, monkeypatch):
     for name, value in PATHS[request.param].items():
-        monkeypatch.setattr(_conv_gemm if name == "THREADS" else _conv_fast, name, value)
+        monkeypatch.setattr(*_module_of(name), value)
     if request.param == "phase_split":
         # Wide-grid waste limit must not veto the forced path either.
         monkeypatch.setattr(_conv_fast, "use_shift", _force_shift)
@@ -782,7 +800,14 @@ def test_concurrent_filter_gradients_keep_their_partial_sums(provider, monkeypat
 
 
 def test_forward_path_choice_on_resnet_shapes():
-    """Documented rule: phase split for strided 1x1 and for large stride-1 images only."""
+    """Documented rules: Winograd for 3x3 stride 1 (numba provider); else phase split for
+    strided 1x1 and for large stride-1 images only."""
+    for C, H in ((64, 56), (128, 28), (256, 14)):
+        assert _conv_winograd.applies(_geo(8, C, H, H, C, 3, 3, pad=1))
+    assert not _conv_winograd.applies(_geo(8, 512, 7, 7, 512, 3, 3, pad=1))  # 4x5 tiles for 7x7
+    assert not _conv_winograd.applies(_geo(8, 128, 56, 56, 128, 3, 3, pad=1, stride=2))
+    assert not _conv_winograd.applies(_geo(8, 3, 224, 224, 64, 7, 7, pad=3, stride=2))
+    assert not _conv_winograd.applies(_geo(8, 8, 14, 14, 64, 3, 3, pad=1))  # too few channels
     assert _conv_fast.use_shift(_geo(8, 64, 56, 56, 64, 3, 3, pad=1))          # L = 3246
     assert _conv_fast.use_shift(_geo(8, 256, 56, 56, 512, 1, 1, stride=2))     # one phase, 784 columns
     assert not _conv_fast.use_shift(_geo(8, 128, 28, 28, 128, 3, 3, pad=1))   # L = 838 < 2048
@@ -790,3 +815,108 @@ def test_forward_path_choice_on_resnet_shapes():
     assert not _conv_fast.use_shift(_geo(8, 1024, 14, 14, 2048, 1, 1, stride=2))  # 49 columns
     assert not _conv_fast.use_shift(_geo(8, 3, 224, 224, 64, 7, 7, pad=3, stride=2))
     assert not _conv_fast.use_shift(_geo(8, 64, 56, 56, 64, 1, 1))             # plain pointwise
+
+
+# --------------------------------------------------------------------------- #
+# Winograd F(2x2, 3x3)
+# --------------------------------------------------------------------------- #
+
+def _spy_winograd(monkeypatch):
+    """Record the geometry of every Winograd forward (incl. backward data) and filter-gradient run."""
+    calls = []
+    for name in ("forward", "backward_filter"):
+        real = getattr(_conv_winograd, name)
+
+        def spy(*args, _real=real, _name=name):
+            calls.append((_name, args[3]))
+            return _real(*args)
+
+        monkeypatch.setattr(_conv_winograd, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_winograd_forward_and_backward_data(dtype, pad, monkeypatch):
+    """Wide enough 3x3 stride-1 layers take Winograd in all three passes (float16/32 inputs,
+    float32 compute) and match the float64 reference, in both modes, with groups."""
+    calls = _spy_winograd(monkeypatch)
+    monkeypatch.setattr(_conv_winograd, "MAX_TILE_WASTE", 10)  # small test images
+    monkeypatch.setattr(_conv_gemm, "THREADS", 3)
+    rng = np.random.default_rng(21)
+    for case in (dict(x=(3, 16, 11, 10), w=(24, 16, 3, 3), pad=pad),
+                 dict(x=(2, 32, 9, 12), w=(32, 16, 3, 3), pad=(pad, 1), groups=2,
+                      mode="convolution")):
+        x, w, dy, params = make(rng, case, dtype)
+        for op in CONV_OPS:
+            want = run_op(op, "reference", *(a.astype(np.float64) for a in (x, w, dy)), params)
+            assert_close(run_op(op, "numba", x, w, dy, params), want, dtype)
+            prior = rng.uniform(-1, 1, want.shape).astype(dtype)
+            out = np.empty(want.shape[:-1] + (2 * want.shape[-1],), dtype)[..., ::2]  # strided
+            out[...] = prior
+            got = run_op(op, "numba", x, w, dy, params, out=out, alpha=-0.5, beta=2.0)
+            assert_close(got, -0.5 * want + 2.0 * prior.astype(np.float64), dtype)
+    assert [c[0] for c in calls] == ["forward"] * 4 + ["backward_filter"] * 2 + (
+        ["forward"] * 4 + ["backward_filter"] * 2)
+    # Backward data ran as the transposed forward: input dy (K channels), output dx (C).
+    assert (calls[2][1].C, calls[2][1].K, calls[2][1].ph) == (24, 16, 2 - pad)
+    x, w, dy = (a.astype(np.float64) for a in (x, w, dy))
+    for op in CONV_OPS:
+        run_op(op, "numba", x, w, dy, params)
+    assert len(calls) == 12  # float64 keeps the direct GEMM sums
+
+
+def test_winograd_falls_back_on_non_finite_input(monkeypatch):
+    """inf - inf inside the transforms would make NaN where the direct sum gives inf."""
+    calls = _spy_winograd(monkeypatch)
+    monkeypatch.setattr(_conv_winograd, "MAX_TILE_WASTE", 10)
+    rng = np.random.default_rng(22)
+    x, w, dy, params = make(rng, dict(x=(2, 16, 6, 6), w=(16, 16, 3, 3), pad=1), np.float32)
+    x[0, 3, 2, 2] = np.inf
+    dy[1, 5, 0, 0] = -np.inf
+    for op in CONV_OPS:
+        want = run_op(op, "reference", *(a.astype(np.float64) for a in (x, w, dy)), params)
+        got = run_op(op, "numba", x, w, dy, params)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        assert_close(got, want, np.float32)
+    assert calls == []
+
+
+def test_winograd_all_finite():
+    a = np.zeros(1000, np.float32)
+    a[7] = 3e38  # large finite values stay finite (x * 0 == 0)
+    assert _conv_winograd.all_finite(a)
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[999] = bad
+        assert not _conv_winograd.all_finite(b)
+
+
+def test_winograd_filter_transform_hand_computed():
+    """U = G g G^T for a filter of ones: G @ ones(3, 3) @ G.T, rows (1, 1.5, 0.5, 1)."""
+    u = _conv_winograd.transform_filters(np.ones((1, 1, 3, 3)), np.float64)
+    col = np.array([1.0, 1.5, 0.5, 1.0])
+    np.testing.assert_array_equal(u.reshape(4, 4), np.outer(col, col))
+
+
+def test_strided_im2col_matches_the_plain_kernel():
+    """The phase-split im2col (column stride > 1) fills exactly what the plain kernel does."""
+    from streamq.kernels import _conv_numba
+    rng = np.random.default_rng(23)
+    for x_shape, (R, S), (ph, pw), (sh, sw), (dh, dw) in (
+            ((2, 3, 15, 16), (7, 7), (3, 3), (2, 2), (1, 1)),
+            ((1, 2, 9, 13), (3, 2), (0, 4), (1, 3), (2, 2)),
+            ((3, 4, 8, 7), (2, 3), (5, 1), (3, 2), (1, 3))):
+        g = conv._geometry("x", x_shape, "w", (1, x_shape[1], R, S), (ph, pw), (sh, sw),
+                           (dh, dw), 1)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        half = g.P // 2
+        for n0, nb, p0, np_ in ((0, x_shape[0], 0, g.P), (x_shape[0] - 1, 1, half, g.P - half)):
+            args = (n0, nb, 1, g.Cg - 1, p0, np_, g.Q, R, S, ph, pw, sh, sw, dh, dw)
+            want = np.full((((g.Cg - 1) * R * S), nb * np_ * g.Q), np.nan, np.float32)
+            got = want.copy()
+            _conv_numba.im2col(x, want, *args)
+            _conv_numba.im2col_strided(x, got, *args)
+            np.testing.assert_array_equal(got, want)
+            assert not np.isnan(got).any()
