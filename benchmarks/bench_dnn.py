@@ -4,6 +4,7 @@ Run (OpenBLAS env unset, as the project's benchmarks require):
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_dnn.py
         [--batch 8 32] [--repeats 5] [--big-batch 96] [--only elementwise|peer]
+        [--threads N] [--clock wall|thread] [--filter LABEL_PART ...]
 
 Float32, 2 threads, ResNet-50-shaped tensors. Every figure is the fastest
 single call among ``--repeats`` x (20 ms worth of calls, at most 2000 calls),
@@ -175,7 +176,16 @@ BN_SHAPES = [(64, 112), (256, 56), (2048, 7)]
 EPS = 1e-5
 
 
+FILTER: list[str] = []   # --filter: keep only the peer labels containing one of these
+
+
 def peer_labels():
+    """Labels of the torch comparisons, narrowed by --filter."""
+    labels = _all_peer_labels()
+    return [lb for lb in labels if any(f in lb for f in FILTER)] if FILTER else labels
+
+
+def _all_peer_labels():
     labels = []
     for c, h in BN_SHAPES:
         for kind in ("bn train fwd", "bn infer fwd", "bn backward"):
@@ -356,6 +366,8 @@ def run_torch(batches, repeats, extra_env):
     env = dict(ORIGINAL_ENV, **extra_env)
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--repeats", str(repeats),
            "--threads", str(THREADS[0]), "--clock", CLOCK_NAME[0], "--batch", *map(str, batches)]
+    if FILTER:
+        cmd += ["--filter", *FILTER]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -397,8 +409,11 @@ def main():
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="thread: the calling thread's CPU time (use with --threads 1 on a "
                          "loaded machine)")
+    ap.add_argument("--filter", nargs="+", default=[],
+                    help="peer comparison: only the ops whose label contains one of these")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    FILTER[:] = args.filter
     THREADS[0] = args.threads
     CLOCK_NAME[0] = args.clock
     CLOCK[0] = time.thread_time if args.clock == "thread" else time.perf_counter

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._cudnn_common import aliases, alpha_beta, disjoint, enqueue, in_place_or_disjoint, \
+from ._cudnn_common import alpha_beta, disjoint, enqueue, in_place_or_disjoint, \
     same_dims, same_dtype
 from ._cudnn_descriptors import cudnnActivationDescriptor_t, cudnnOpTensorDescriptor_t, \
     cudnnPoolingDescriptor_t, pooling_output_dims
@@ -160,10 +160,9 @@ def cudnnSoftmaxForward(handle, algorithm, mode, alpha, xDesc, x, beta, yDesc, y
     same_dims(x=xv, y=yv)
     in_place_or_disjoint("y", yv, x=xv)
     a, b = alpha_beta(dtype, alpha=alpha, beta=beta)
-    # The registry's softmax_forward does not promise in-place safety (its row kernel for
-    # LOG reads x again after writing y): an in-place call gets a copy of x.
+    # The registry's softmax_forward is in-place safe (y may be x): no copy of x.
     enqueue(h, "cudnn.softmax_forward", xv, yv, **params, alpha=a, beta=b,
-            reads=[xv] + _if(b, yv), writes=[yv], copies=(0,) if aliases(xv, yv) else ())
+            reads=[xv] + _if(b, yv), writes=[yv])
 
 
 @LIB.api()

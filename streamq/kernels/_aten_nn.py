@@ -10,19 +10,23 @@ to float32 and rounded once at the end).
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
+from numba import njit
 
 from . import _aten_jit as jit
 from . import _dnn_softmax as dsm
-from ._dnn_common import serial_below
+from ._dnn_common import JIT, serial_below
 from ._aten_common import (
     FLOAT16, FLOAT32, FLOAT64, INT64, as_c_float, check_out, check_tensor, pair, wrap_dim,
 )
 from ._common import check_array
+from .pooling import global_mean
 from .registry import register
 
+_JIT_FLOATS = (FLOAT32, FLOAT64)
 
 
 def _finish(out: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -52,12 +56,27 @@ def _akb(shape, d):
     """(A, K, B): sizes before, at and after dim d (a 0-d array is one element)."""
     if not shape:
         return 1, 1, 1
-    a = int(np.prod(shape[:d], dtype=np.int64))
-    b = int(np.prod(shape[d + 1:], dtype=np.int64))
-    return a, shape[d], b
+    return math.prod(shape[:d]), shape[d], math.prod(shape[d + 1:])
+
+
+def _dim_if_plain(self, dim, out, dtype):
+    """dim made non-negative when the call is of the common kind -- ndarrays, float32/64
+    self, an int dim in range, out of self's shape and ``dtype`` and writable -- else
+    None (the caller then runs the full checks, which name what is wrong)."""
+    if (type(self) is np.ndarray and type(out) is np.ndarray and type(dim) is int
+            and self.dtype in _JIT_FLOATS and out.dtype == dtype and out.shape == self.shape
+            and out.flags.writeable):
+        nd = max(self.ndim, 1)
+        if -nd <= dim < nd:
+            return dim % nd
+    return None
 
 
 def _prep_softmax(self, dim, half_to_float, out):
+    if half_to_float is False:
+        d = _dim_if_plain(self, dim, out, getattr(self, "dtype", None))
+        if d is not None:
+            return d
     check_tensor("self", self, floating=True)
     d = wrap_dim(dim, self.ndim)
     if not isinstance(half_to_float, (bool, np.bool_)):
@@ -87,7 +106,7 @@ def _softmax_numba(self, dim, half_to_float, out, log):
     if self.size == 0:
         return out
     x = as_c_float(self)
-    if np.may_share_memory(x, out):
+    if x is not out and np.may_share_memory(x, out):   # the kernels are in-place safe
         x = x.copy()
     A, K, B = _akb(self.shape, d)
     res = _scratch_for(out, x.dtype)
@@ -122,6 +141,13 @@ _register_softmax("aten::_log_softmax", True, "x - log(sum(exp(x)))")
 
 
 def _prep_softmax_backward(grad_output, output, dim, input_dtype, out):
+    if (type(output) is np.ndarray and type(grad_output) is np.ndarray
+            and (input_dtype is getattr(grad_output.dtype, "type", None)
+                 or input_dtype is grad_output.dtype)
+            and output.shape == grad_output.shape and output.dtype == grad_output.dtype):
+        d = _dim_if_plain(grad_output, dim, out, grad_output.dtype)
+        if d is not None:
+            return d
     check_tensor("grad_output", grad_output, floating=True)
     check_array("output", output, shape=grad_output.shape, dtype=grad_output.dtype)
     d = wrap_dim(dim, grad_output.ndim)
@@ -207,10 +233,12 @@ def _reduction(reduction) -> int:
 
 def _prep_nll(self, target, weight, reduction, ignore_index):
     """Validated (x2d, target1d, weight64, reduction code, ignore_index)."""
-    check_tensor("self", self, floating=True)
+    if not (type(self) is np.ndarray and self.dtype in _JIT_FLOATS):   # else the full check
+        check_tensor("self", self, floating=True)
     if self.ndim not in (1, 2):
         raise ValueError(f"self must be (C,) or (N, C), got shape {self.shape}")
-    check_array("target", target)
+    if type(target) is not np.ndarray:
+        check_array("target", target)
     if target.dtype.kind not in "ui":
         raise TypeError(f"target must be an integer array (int64 as torch), got {target.dtype}")
     want = (self.shape[0],) if self.ndim == 2 else ()
@@ -220,19 +248,31 @@ def _prep_nll(self, target, weight, reduction, ignore_index):
     C = self.shape[-1]
     if weight is not None:
         check_array("weight", weight, shape=(C,), dtype=self.dtype)
-    red = _reduction(reduction)
-    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, numbers.Integral):
+    red = _REDUCTIONS.get(reduction) if type(reduction) in (str, int) else None
+    if red is None:
+        red = _reduction(reduction)
+    if type(ignore_index) is not int and (isinstance(ignore_index, (bool, np.bool_)) or
+                                          not isinstance(ignore_index, numbers.Integral)):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    t = target.reshape(-1)
+    t = target if target.ndim == 1 else target.reshape(-1)
     if t.dtype != INT64:
         t = t.astype(INT64)
-    if t.size and not (0 <= t.min() and t.max() < C):     # cheap test first, then details
-        bad = (t != ignore_index) & ((t < 0) | (t >= C))
-        if bad.any():
-            raise ValueError(f"target value {int(t[bad][0])} is out of bounds for {C} classes "
-                             f"(valid: 0..{C - 1} or ignore_index={ignore_index})")
+    bad = _first_bad_target(t, C, int(ignore_index)) if t.size else -1
+    if bad >= 0:
+        raise ValueError(f"target value {int(t[bad])} is out of bounds for {C} classes "
+                         f"(valid: 0..{C - 1} or ignore_index={ignore_index})")
     w = _unit_weights(C) if weight is None else weight.astype(FLOAT64)
-    return self.reshape(-1, C), t, w, red, int(ignore_index)
+    return self if self.ndim == 2 else self.reshape(-1, C), t, w, red, int(ignore_index)
+
+
+@njit(**JIT)
+def _first_bad_target(t, c, ignore_index):
+    """Position of the first target outside [0, c) that is not ignore_index, or -1."""
+    for i in range(t.size):
+        v = t[i]
+        if (v < 0 or v >= c) and v != ignore_index:
+            return i
+    return -1
 
 
 _UNIT_WEIGHTS: dict[int, np.ndarray] = {}
@@ -250,11 +290,29 @@ def _unit_weights(c: int) -> np.ndarray:
     return w
 
 
+def _plain_out(out, shape, dtype) -> bool:
+    """Cheap test that out is a writable ndarray of this shape and dtype (check_out's
+    common case; check_out itself runs otherwise, to name what is wrong)."""
+    return (type(out) is np.ndarray and out.shape == shape and out.dtype == dtype
+            and out.flags.writeable)
+
+
 def _nll_shapes(self, red, output, total_weight):
     per_sample = red == 0 and self.ndim == 2
-    check_out(output, (self.shape[0],) if per_sample else (), self.dtype, "output")
-    check_out(total_weight, (), self.dtype, "total_weight")
+    want = (self.shape[0],) if per_sample else ()
+    if not _plain_out(output, want, self.dtype):
+        check_out(output, want, self.dtype, "output")
+    if not _plain_out(total_weight, (), self.dtype):
+        check_out(total_weight, (), self.dtype, "total_weight")
     return per_sample
+
+
+def _mean(total: float, tw: float) -> float:
+    """total / tw with IEEE results for tw == 0 (NaN or inf, as torch)."""
+    if tw != 0:
+        return total / tw
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.float64(total) / tw)
 
 
 def nll_loss_forward_reference(self, target, weight=None, reduction="mean", ignore_index=-100, *,
@@ -291,8 +349,7 @@ def nll_loss_forward_numba(self, target, weight=None, reduction="mean", ignore_i
         total_weight[...] = 0
         return output, total_weight
     if red == 1:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            total = np.float64(total) / tw
+        total = _mean(total, tw)
     output[...] = total
     total_weight[...] = tw
     return output, total_weight
@@ -313,22 +370,32 @@ def _prep_nll_backward(grad_output, self, target, weight, reduction, ignore_inde
                        total_weight, grad_input):
     x, t, w, red, ignore = _prep_nll(self, target, weight, reduction, ignore_index)
     per_sample = red == 0 and self.ndim == 2
-    check_tensor("grad_output", grad_output, floating=True)
+    if not (type(grad_output) is np.ndarray and grad_output.dtype in _JIT_FLOATS):
+        check_tensor("grad_output", grad_output, floating=True)
     want = (self.shape[0],) if per_sample else ()
     if grad_output.shape != want:
         raise ValueError(f"grad_output must have shape {want}, got {grad_output.shape}")
     if isinstance(total_weight, np.ndarray):
-        check_array("total_weight", total_weight, shape=())
+        if total_weight.shape != ():
+            check_array("total_weight", total_weight, shape=())
         tw = float(total_weight)
     elif isinstance(total_weight, numbers.Real):
         tw = float(total_weight)
     else:
         raise TypeError(f"total_weight must be a 0-d array or a float, got {type(total_weight).__name__}")
-    check_out(grad_input, self.shape, self.dtype, "grad_input")
-    g = grad_output.astype(FLOAT64).reshape(-1)
-    if red == 1:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            g = g / tw
+    if not _plain_out(grad_input, self.shape, self.dtype):
+        check_out(grad_input, self.shape, self.dtype, "grad_input")
+    if grad_output.ndim == 0:                  # 'mean' / 'sum': one scalar gradient
+        gv = float(grad_output)
+        g = np.array((_mean(gv, tw) if red == 1 else gv,))
+    else:
+        g = grad_output.astype(FLOAT64).reshape(-1)
+        if red == 1:
+            if tw != 0:
+                g /= tw
+            else:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    g = g / tw
     return t, w, ignore, g
 
 
@@ -403,8 +470,11 @@ def adaptive_avg_pool2d_numba(self, output_size, *, out):
     H, W = self.shape[-2:]
     x = as_c_float(self).reshape(-1, H, W)
     res = _scratch_for(out, x.dtype)
-    with serial_below(res.size):
-        jit.adaptive_avg_pool2d(x, res.reshape(-1, oh, ow))
+    with serial_below(x.size):
+        if oh == ow == 1:                      # global average: one streaming sum per plane
+            global_mean(x.reshape(x.shape[0], -1), res.reshape(-1), 1.0, 0.0)
+        else:
+            jit.adaptive_avg_pool2d(x, res.reshape(-1, oh, ow))
     return _finish(out, res)
 
 

@@ -31,7 +31,8 @@ from numba.extending import intrinsic, overload
 from ._common import check_array, check_float
 
 __all__ = [
-    "JIT", "JIT_PAR", "K", "quiet", "serial_below", "SERIAL_BELOW", "vexp", "vexpm1", "vtanh",
+    "JIT", "JIT_PAR", "K", "quiet", "serial_below", "SERIAL_BELOW", "vexp", "vexp_le0", "vexpm1",
+    "vtanh",
     "check_array", "check_float", "check_like", "check_scalar", "check_choice",
     "compute_dtype", "real_scalar",
 ]
@@ -245,6 +246,55 @@ def _expm1_64(x):
     small = _fma(p * x, x, x)
     large = _exp64(x) - 1.0
     return _sel(abs(x) < 0.35, small, large)
+
+
+@intrinsic
+def _pow2_magic32(typingctx, t):
+    """2**n from t = n + 127 + 1.5 * 2**23 (rounded in float32): t's low mantissa bits
+    hold n + 127, which shifted by 23 is the float32 exponent field of 2**n."""
+    if t != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i = builder.bitcast(args[0], ir.IntType(32))
+        i = builder.shl(i, ir.Constant(ir.IntType(32), 23))
+        return builder.bitcast(i, ir.FloatType())
+    return types.float32(types.float32), codegen
+
+
+@njit(**JIT)
+def _exp32_le0(x):
+    # exp for x <= 0 (or NaN): x is clamped below at -87.3 (so exp(x) < 1.2e-38 comes
+    # out as about 1.2e-38, not 0 or a denormal) and no overflow can occur, which drops
+    # vexp's two result selects; n = round(x / ln2) by the 1.5 * 2**23 shifter.
+    x = _sel(x < _F32(-87.3), _F32(-87.3), x)
+    t = _fma(x, _F32(1.4426950408889634), _F32(12583039.0))    # 1.5 * 2**23 + 127
+    n = t - _F32(12583039.0)
+    r = _fma(n, _F32(-0.693359375), x)
+    r = _fma(n, _F32(2.12194440e-4), r)
+    p = _F32(1.9875691500e-4)
+    p = _fma(p, r, _F32(1.3981999507e-3))
+    p = _fma(p, r, _F32(8.3334519073e-3))
+    p = _fma(p, r, _F32(4.1665795894e-2))
+    p = _fma(p, r, _F32(1.6666665459e-1))
+    p = _fma(p, r, _F32(5.0000001201e-1))
+    p = _fma(p, r * r, r + _F32(1.0))
+    return p * _pow2_magic32(t)
+
+
+def vexp_le0(x):
+    """Vectorisable exp for x <= 0 or NaN (softmax's x - max): cheaper than ``vexp``;
+    float32 results below 1.2e-38 come out as about 1.2e-38 (float64: ``vexp``)."""
+    return math.exp(x)
+
+
+@overload(vexp_le0)
+def _vexp_le0_overload(x):
+    if x == types.float32:
+        return lambda x: _exp32_le0(x)
+    if x == types.float64:
+        return lambda x: _exp64(x)
+    return None
 
 
 def vexpm1(x):

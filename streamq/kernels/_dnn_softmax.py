@@ -13,7 +13,8 @@ any strides. ``mode="instance"`` normalises over C*H*W for each n;
 Backward takes the forward output ``y``: ``dx = y * (dy - sum(dy * y))``, or
 for ``"log"`` ``dx = dy - exp(y) * sum(dy)`` (sums over the same axes).
 NaN anywhere in a softmax group makes that whole group NaN. Blending
-``y = alpha*softmax(x) + beta*y`` (``beta == 0``: y not read).
+``y = alpha*softmax(x) + beta*y`` (``beta == 0``: y not read). ``y`` may be
+``x`` and ``dx`` may be ``dy`` (in place, as cuDNN allows).
 """
 
 from __future__ import annotations
@@ -23,18 +24,35 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._common import blend
-from ._dnn_common import quiet, JIT, JIT_PAR, check_array, check_choice, check_float, check_like, \
-    check_scalar, compute_dtype, vexp
-from ._dnn_batchnorm import _sum8
+from ._common import FLOAT_DTYPES, blend
+from ._dnn_common import _sel, quiet, JIT, JIT_PAR, check_array, check_choice, check_float, \
+    check_like, check_scalar, compute_dtype, vexp, vexp_le0
 from .registry import register
 
 ALGORITHMS = ("fast", "accurate", "log")
 MODES = ("instance", "channel")
 _SERIAL_BELOW = 1 << 15     # elements; smaller calls skip the thread-pool launch
+_JIT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _check(algorithm, mode, alpha, beta, arrays):
+    """Validate everything; return (alpha, beta) as floats. The last array is the output.
+
+    The common call (string choices, float scalars, arrays of one float dtype
+    and shape) passes a few cheap tests; anything else takes the full checks,
+    which name the offending argument.
+    """
+    ref = arrays[0][1]
+    if (type(algorithm) is str and algorithm in ALGORITHMS and type(mode) is str
+            and mode in MODES and type(alpha) is float and type(beta) is float
+            and math.isfinite(alpha) and math.isfinite(beta) and type(ref) is np.ndarray
+            and ref.ndim >= 2 and ref.dtype in FLOAT_DTYPES):
+        for _, arr in arrays[1:]:
+            if not (type(arr) is np.ndarray and arr.shape == ref.shape and arr.dtype == ref.dtype):
+                break
+        else:
+            if arrays[-1][1].flags.writeable:
+                return alpha, beta
     check_choice("algorithm", algorithm, ALGORITHMS)
     check_choice("mode", mode, MODES)
     alpha, beta = check_scalar("alpha", alpha), check_scalar("beta", beta)
@@ -90,56 +108,66 @@ def softmax_backward_reference(y, dy, dx, *, algorithm, mode, alpha=1.0, beta=0.
 
 @njit(**JIT)
 def _max8(v):
-    """Max of a 1-D array with 8 partial maxima in registers; NaN if any element is NaN."""
+    """Max of a non-empty 1-D array over 8 lanes (select chains that vectorise).
+
+    NaN is not sticky here: a group holding a NaN gets a NaN sum, which makes
+    every output of the group NaN whatever the max (an all-NaN group keeps NaN).
+    """
     n8 = v.size - v.size % 8
     m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = v[0]
     for i in range(0, n8, 8):
         e0, e1, e2, e3 = v[i], v[i + 1], v[i + 2], v[i + 3]
         e4, e5, e6, e7 = v[i + 4], v[i + 5], v[i + 6], v[i + 7]
-        m0 = e0 if (e0 > m0) | (e0 != e0) else m0
-        m1 = e1 if (e1 > m1) | (e1 != e1) else m1
-        m2 = e2 if (e2 > m2) | (e2 != e2) else m2
-        m3 = e3 if (e3 > m3) | (e3 != e3) else m3
-        m4 = e4 if (e4 > m4) | (e4 != e4) else m4
-        m5 = e5 if (e5 > m5) | (e5 != e5) else m5
-        m6 = e6 if (e6 > m6) | (e6 != e6) else m6
-        m7 = e7 if (e7 > m7) | (e7 != e7) else m7
+        m0 = _sel(e0 > m0, e0, m0)
+        m1 = _sel(e1 > m1, e1, m1)
+        m2 = _sel(e2 > m2, e2, m2)
+        m3 = _sel(e3 > m3, e3, m3)
+        m4 = _sel(e4 > m4, e4, m4)
+        m5 = _sel(e5 > m5, e5, m5)
+        m6 = _sel(e6 > m6, e6, m6)
+        m7 = _sel(e7 > m7, e7, m7)
     for i in range(n8, v.size):
         e = v[i]
-        m0 = e if (e > m0) | (e != e) else m0
+        m0 = _sel(e > m0, e, m0)
     out = m0
     for m in (m1, m2, m3, m4, m5, m6, m7):
-        out = m if (m > out) | (m != m) else out
+        out = _sel(m > out, m, out)
     return out
 
 
-@njit(**JIT)
-def _dot8(u, v):
-    """sum(u * v) in float64 with 8 independent partial sums."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    n8 = u.size - u.size % 8
-    for i in range(0, n8, 8):
-        s0 += np.float64(u[i]) * v[i]
-        s1 += np.float64(u[i + 1]) * v[i + 1]
-        s2 += np.float64(u[i + 2]) * v[i + 2]
-        s3 += np.float64(u[i + 3]) * v[i + 3]
-        s4 += np.float64(u[i + 4]) * v[i + 4]
-        s5 += np.float64(u[i + 5]) * v[i + 5]
-        s6 += np.float64(u[i + 6]) * v[i + 6]
-        s7 += np.float64(u[i + 7]) * v[i + 7]
-    for i in range(n8, u.size):
-        s0 += np.float64(u[i]) * v[i]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+# Sums may be reassociated (fastmath "reassoc" + "contract" only: NaN and inf still
+# propagate), so LLVM runs these float64 reductions several lanes wide.
+_RJIT = dict(JIT, fastmath={"reassoc", "contract"})
+
+
+@njit(**_RJIT)
+def _sum64(v):
+    """sum(v) accumulated in float64."""
+    s = 0.0
+    for i in range(v.size):
+        s += np.float64(v[i])
+    return s
+
+
+@njit(**_RJIT)
+def _dot64(u, v):
+    """sum(u * v) accumulated in float64."""
+    s = 0.0
+    for i in range(u.size):
+        s += np.float64(u[i]) * np.float64(v[i])
+    return s
 
 
 @njit(**JIT)
-def _row_forward(xr, yr, log, alpha, beta):
+def _row_forward(xr, yr, buf, log, alpha, beta):
+    """One softmax group; ``buf`` is scratch of the row's size. yr may be xr (in place):
+    every pass reads x[i] before y[i] is written, and the exps go to buf unless y can
+    hold them (not log, beta == 0)."""
     mx = _max8(xr)
-    # y may be x itself (in place): the log form reads x again after the sum, so it needs its own buffer
-    buf = yr if (beta == 0 and not log) else np.empty_like(yr)
+    b = yr if (beta == 0 and not log) else buf
     for i in range(xr.size):
-        buf[i] = vexp(xr[i] - mx)
-    total = _sum8(buf)
+        b[i] = vexp_le0(xr[i] - mx)
+    total = _sum64(b)
     if log:
         shift = mx + math.log(total)
         for i in range(xr.size):
@@ -150,7 +178,7 @@ def _row_forward(xr, yr, log, alpha, beta):
     else:
         scale = alpha / total
         for i in range(xr.size):
-            v = scale * buf[i]
+            v = scale * b[i]
             if beta != 0:
                 v += beta * yr[i]
             yr[i] = v
@@ -158,15 +186,16 @@ def _row_forward(xr, yr, log, alpha, beta):
 
 @njit(**JIT)
 def _row_backward(yr, gr, dxr, log, alpha, beta):
+    """One group's gradient; dxr may be gr (in place: the sum is taken first)."""
     if log:
-        total = _sum8(gr)
+        total = _sum64(gr)
         for i in range(yr.size):
             v = alpha * (gr[i] - vexp(yr[i]) * total)
             if beta != 0:
                 v += beta * dxr[i]
             dxr[i] = v
     else:
-        total = _dot8(gr, yr)
+        total = _dot64(gr, yr)
         for i in range(yr.size):
             v = alpha * (yr[i] * (gr[i] - total))
             if beta != 0:
@@ -177,13 +206,14 @@ def _row_backward(yr, gr, dxr, log, alpha, beta):
 @njit(**JIT_PAR)
 def _rows_forward_par(x2, y2, log, alpha, beta):
     for r in prange(x2.shape[0]):
-        _row_forward(x2[r], y2[r], log, alpha, beta)
+        _row_forward(x2[r], y2[r], np.empty(x2.shape[1], x2.dtype), log, alpha, beta)
 
 
 @njit(**JIT)
 def _rows_forward_serial(x2, y2, log, alpha, beta):
+    buf = np.empty(x2.shape[1], x2.dtype)
     for r in range(x2.shape[0]):
-        _row_forward(x2[r], y2[r], log, alpha, beta)
+        _row_forward(x2[r], y2[r], buf, log, alpha, beta)
 
 
 @njit(**JIT_PAR)
@@ -255,22 +285,30 @@ def _channel_backward(y3, g3, dx3, log, alpha, beta):
 
 def _view3(mode, a, *, read=True):
     """(staged, view): instance -> (N, K) rows; channel -> (N, C, M) (rows if M == 1)."""
-    cdt = compute_dtype(a.dtype)
     rows = mode == "instance" or a.size == a.shape[0] * a.shape[1]
     shape = (a.shape[0], -1) if rows else (a.shape[0], a.shape[1], -1)
-    if a.dtype == cdt:
+    if a.dtype in _JIT_DTYPES:
+        if a.flags.c_contiguous:
+            return a, a.reshape(shape)
         try:
             return a, np.reshape(a, shape, copy=False)
         except ValueError:
             pass
+    cdt = compute_dtype(a.dtype)
     staged = np.ascontiguousarray(a, dtype=cdt) if read else np.empty(a.shape, dtype=cdt)
     return staged, staged.reshape(shape)
 
 
+def _copy_back(out, staged):
+    """Round a staged result into the caller's output (float16 may overflow to inf)."""
+    if staged is not out:
+        with np.errstate(over="ignore"):
+            np.copyto(out, staged, casting="unsafe")
+
+
 @register("cudnn.softmax_forward", "numba")
-@quiet
 def softmax_forward_numba(x, y, *, algorithm, mode, alpha=1.0, beta=0.0):
-    """Same contract as the reference; parallel over softmax groups."""
+    """Same contract as the reference; parallel over softmax groups. May run in place."""
     alpha, beta = _check(algorithm, mode, alpha, beta, [("x", x), ("y", y)])
     if y.size == 0:
         return
@@ -282,14 +320,12 @@ def softmax_forward_numba(x, y, *, algorithm, mode, alpha=1.0, beta=0.0):
         kernel(xv, yv, log, alpha, beta)
     else:
         _channel_forward(xv, yv, log, alpha, beta)
-    if ys is not y:
-        np.copyto(y, ys, casting="unsafe")
+    _copy_back(y, ys)
 
 
 @register("cudnn.softmax_backward", "numba")
-@quiet
 def softmax_backward_numba(y, dy, dx, *, algorithm, mode, alpha=1.0, beta=0.0):
-    """Same contract as the reference; parallel over softmax groups."""
+    """Same contract as the reference; parallel over softmax groups. dx may be dy."""
     alpha, beta = _check(algorithm, mode, alpha, beta, [("y", y), ("dy", dy), ("dx", dx)])
     if dx.size == 0:
         return
@@ -302,5 +338,4 @@ def softmax_backward_numba(y, dy, dx, *, algorithm, mode, alpha=1.0, beta=0.0):
         kernel(yv, gv, dxv, log, alpha, beta)
     else:
         _channel_backward(yv, gv, dxv, log, alpha, beta)
-    if dxs is not dx:
-        np.copyto(dx, dxs, casting="unsafe")
+    _copy_back(dx, dxs)

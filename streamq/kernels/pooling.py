@@ -23,7 +23,8 @@ windows accumulate.
 Blending: ``y = alpha*pool(x) + beta*y``, ``dx = alpha*grad + beta*dx``; with
 ``beta == 0`` the output is not read. Providers: ``reference`` (float64 numpy,
 rounded once) and ``numba`` (separable row/column passes per plane, parallel
-over N*C planes; sums in float64, float16 computed via float32). Full
+over N*C planes; sums in float64, float16 computed via float32; the backward
+max recomputes the winners in one fused separable argmax pass). Full
 contract: ``docs/kernels/pooling.md``.
 """
 
@@ -35,7 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import blend
-from ._dnn_common import quiet, JIT, JIT_PAR, check_array, check_choice, check_float, \
+from ._dnn_common import _sel, K, quiet, JIT, JIT_PAR, check_array, check_choice, check_float, \
     check_scalar, compute_dtype
 from .registry import register
 
@@ -200,8 +201,9 @@ def pooling_backward_reference(y, dy, x, dx, *, mode, window, pad=(0, 0), stride
 # column pass reduces tmp's rows over each output row's window rows,
 # vectorised along q. Max comparisons run in the data dtype, sums in float64
 # (the row pass sums at most S terms in the data dtype first). The backward
-# max finds the winner -- the first element of the window, in row-major
-# order, equal to the window's max (or the first NaN) -- by a short scan.
+# max recomputes each window's winner -- its first maximum (or first NaN) in
+# row-major order -- by a fused vertical-then-horizontal argmax per output row
+# (``_plane_backward_max``).
 
 @njit(**JIT)
 def _op(mode, m, v):
@@ -332,29 +334,35 @@ def _plane_forward(mode, xp, yp, tmp, full, r_, s_, ph, pw, sh, sw, alpha, beta,
 
 
 @njit(**JIT)
-def _global_value(mode, row):
-    """Max (NaN-sticky) or float64 mean of one contiguous run."""
-    m_ = row.size
-    if mode == _MAX:
-        m = row[0]
-        for i in range(1, m_):
-            v = row[i]
-            m = v if (v > m) | (v != v) else m
-        return np.float64(m)
-    m8 = m_ - m_ % 8                          # 8 independent float64 chains
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for i in range(0, m8, 8):
-        s0 += row[i]
-        s1 += row[i + 1]
-        s2 += row[i + 2]
-        s3 += row[i + 3]
-        s4 += row[i + 4]
-        s5 += row[i + 5]
-        s6 += row[i + 6]
-        s7 += row[i + 7]
-    for i in range(m8, m_):
-        s0 += row[i]
-    return (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) / m_
+def _global_max(row):
+    """NaN-sticky max of one contiguous run (whole-plane max pooling)."""
+    m = row[0]
+    for i in range(1, row.size):
+        v = row[i]
+        m = v if (v > m) | (v != v) else m
+    return np.float64(m)
+
+
+# Whole-plane averages are plain float64 sums of contiguous runs: with reassociation
+# allowed (fastmath "reassoc" + "contract" only: NaN and inf still propagate) LLVM
+# runs them several lanes wide, so the global average pool streams at memory speed.
+_RJIT_PAR = dict(JIT_PAR, fastmath={"reassoc", "contract"})
+
+
+@njit(**_RJIT_PAR)
+def global_mean(x2, y1, alpha, beta):
+    """y1[i] = alpha * mean(x2[i]) + beta * y1[i] over the rows of x2 (N*C, H*W), sums in
+    float64 (``beta == 0``: y1 is not read)."""
+    m_ = x2.shape[1]
+    for i in prange(x2.shape[0]):
+        row = x2[i]
+        s = 0.0
+        for k in range(m_):
+            s += np.float64(row[k])
+        out = alpha * (s / m_)
+        if beta != 0:
+            out += beta * y1[i]
+        y1[i] = out
 
 
 @njit(**JIT_PAR)
@@ -362,11 +370,11 @@ def _forward_kernel(mode, whole, x3, y3, r_, s_, ph, pw, sh, sw, alpha, beta, lo
     """Every plane of x3 (N*C, H, W) into y3 (N*C, P, Q); ``whole``: global pooling."""
     nc_, h_, w_ = x3.shape
     q_ = y3.shape[2]
-    if whole:                      # the window is the whole unpadded plane
+    if whole:                      # max over the whole unpadded plane (averages: global_mean)
         x2 = x3.reshape(nc_, h_ * w_)
         y1 = y3.reshape(nc_)
         for nc in prange(nc_):
-            out = alpha * _global_value(mode, x2[nc])
+            out = alpha * _global_max(x2[nc])
             if beta != 0:
                 out += beta * y1[nc]
             y1[nc] = out
@@ -400,35 +408,147 @@ def _global_backward(mode, row, g, out, alpha, beta):
 
 
 @njit(**JIT)
-def _plane_backward(mode, xp, dyp, acc, tmp, full, r_, s_, ph, pw, sh, sw):
-    """acc (H, W) float64 = dL/dx of one plane (acc, tmp, full are scratch, overwritten)."""
+def _first_max(v, u):
+    """Whether a later candidate v replaces the running max u: larger, or the first NaN."""
+    return (v > u) | ((v != v) & (u == u))
+
+
+@njit(**JIT)
+def _before(v, i, u, j):
+    """Whether candidate (v, i) beats (u, j) for the max's gradient: a larger value (NaN
+    above all), ties to the smaller flat index i (the first in row-major order)."""
+    vn, un = v != v, u != u
+    return (v > u) | (vn & ~un) | (((v == u) | (vn & un)) & (i < j))
+
+
+@njit(**JIT)
+def _argmax_step(dm, di, sm, si, sb, e1, i1, b1, e2, i2, b2, count, later):
+    """(dm, di) = the running (max, flat index) pairs (sm, sb + si) merged with the
+    candidates e1[k] (index b1 + i1[k]) and, when count == 2, e2[k] (b2 + i2[k]).
+
+    Indices travel in the data dtype, so the loops are all same-width compares
+    and selects that vectorise; (dm, di) must not alias (sm, si) (a select into
+    the array it reads compiles to slow masked stores). ``later``: every candidate
+    has a larger index than the running pair it meets (ties then need no index test).
+    """
+    if later:
+        if count == 1:
+            for k in range(dm.size):
+                u, v = sm[k], e1[k]
+                t = _first_max(v, u)
+                dm[k] = _sel(t, v, u)
+                di[k] = _sel(t, b1 + i1[k], sb + si[k])
+        else:
+            for k in range(dm.size):
+                u, v, w = sm[k], e1[k], e2[k]
+                t = _first_max(v, u)
+                u = _sel(t, v, u)
+                j = _sel(t, b1 + i1[k], sb + si[k])
+                t = _first_max(w, u)
+                dm[k] = _sel(t, w, u)
+                di[k] = _sel(t, b2 + i2[k], j)
+    elif count == 1:
+        for k in range(dm.size):
+            u, j, v, i = sm[k], sb + si[k], e1[k], b1 + i1[k]
+            t = _before(v, i, u, j)
+            dm[k] = _sel(t, v, u)
+            di[k] = _sel(t, i, j)
+    else:
+        for k in range(dm.size):
+            u, j, v, i = sm[k], sb + si[k], e1[k], b1 + i1[k]
+            t = _before(v, i, u, j)
+            u, j = _sel(t, v, u), _sel(t, i, j)
+            v, i = e2[k], b2 + i2[k]
+            t = _before(v, i, u, j)
+            dm[k] = _sel(t, v, u)
+            di[k] = _sel(t, i, j)
+
+
+@njit(**JIT)
+def _plane_backward_max(xp, dyp, acc, r_, s_, ph, pw, sh, sw):
+    """acc (H, W) float64 = dL/dx of one max-pooled plane (overwritten).
+
+    cuDNN's API gives no indices, so each window's winner -- its first maximum
+    (or first NaN) in row-major order -- is recomputed, separably, per output
+    row p: a vertical pass takes each column's winner over the window rows,
+    then a horizontal pass the winner over each window's columns, by value and
+    then flat index h*W + w (carried in the data dtype: exact while H*W <= 2**24
+    in float32, which the caller ensures). Both passes run at stride 1 in
+    unit-stride vectorised loops; each dy is then added at its winner.
+    """
     h_, w_ = xp.shape
     p_, q_ = dyp.shape
+    z = K(0, xp)
+    iota = np.arange(w_).astype(xp.dtype)      # column indices
+    va, ia, vb, ib = (np.empty(w_, xp.dtype), np.empty(w_, xp.dtype),
+                      np.empty(w_, xp.dtype), np.empty(w_, xp.dtype))
+    ha, ja, hb, jb = (np.empty(w_, xp.dtype), np.empty(w_, xp.dtype),
+                      np.empty(w_, xp.dtype), np.empty(w_, xp.dtype))
+    nj = w_ + 2 * pw - s_ + 1      # window starts at stride 1
+    jlo = min(pw, nj)              # [jlo, jhi): starts whose S columns all lie in the row
+    jhi = max(jlo, min(nj, w_ + pw - s_ + 1))
+    n = jhi - jlo
+    c0 = jlo - pw                  # column of start jlo's first element
+    qa = min((jlo + sw - 1) // sw, q_)     # [qa, qb): windows q with q*sw in [jlo, jhi)
+    qb = max(qa, min((jhi + sw - 1) // sw, q_))
     acc[:, :] = 0.0
+    accf = acc.reshape(-1)
+    for p in range(p_):
+        h0 = p * sh - ph
+        hs = max(h0, 0)
+        he = min(h0 + r_, h_)
+        if he <= hs:                           # the window rows lie in the padding
+            continue
+        cv, ci, cb = xp[hs], iota, K(hs * w_, xp)   # vertical: rows hs..he-1, per column
+        r = hs + 1
+        flip = False
+        while r < he:
+            cnt = min(2, he - r)
+            dm, di = (vb, ib) if flip else (va, ia)
+            r2 = r + 1 if cnt == 2 else r
+            _argmax_step(dm, di, cv, ci, cb, xp[r], iota, K(r * w_, xp),
+                         xp[r2], iota, K(r2 * w_, xp), cnt, True)
+            cv, ci, cb = dm, di, z
+            flip = not flip
+            r += cnt
+        wv, wi, wb = cv[c0:c0 + n], ci[c0:c0 + n], cb   # horizontal: window starts jlo..jhi-1
+        s = 1
+        flip = False
+        while s < s_:
+            cnt = min(2, s_ - s)
+            dm, di = (hb[:n], jb[:n]) if flip else (ha[:n], ja[:n])
+            s2 = s + 1 if cnt == 2 else s
+            _argmax_step(dm, di, wv, wi, wb, cv[c0 + s:c0 + s + n], ci[c0 + s:c0 + s + n], cb,
+                         cv[c0 + s2:c0 + s2 + n], ci[c0 + s2:c0 + s2 + n], cb, cnt, False)
+            wv, wi, wb = dm, di, z
+            flip = not flip
+            s += cnt
+        g = dyp[p]
+        for q in range(qa, qb):
+            k = q * sw - jlo
+            accf[int(wb + wi[k])] += g[q]
+        for q in range(q_ - (qb - qa)):        # windows clipped by the padding
+            q = q if q < qa else q + (qb - qa)
+            lo, hi = max(q * sw - pw, 0), min(q * sw - pw + s_, w_)
+            if lo >= hi:                       # the window columns lie in the padding
+                continue
+            u, j = cv[lo], cb + ci[lo]
+            for c in range(lo + 1, hi):
+                v, i = cv[c], cb + ci[c]
+                if _before(v, i, u, j):
+                    u, j = v, i
+            accf[int(j)] += g[q]
+
+
+@njit(**JIT)
+def _plane_backward(mode, xp, dyp, acc, r_, s_, ph, pw, sh, sw):
+    """acc (H, W) float64 = dL/dx of one plane (overwritten)."""
+    h_, w_ = xp.shape
+    p_, q_ = dyp.shape
     if mode == _MAX:
-        _row_pass(xp, tmp, full, mode, s_, pw, sw)
-        best = np.empty(q_, tmp.dtype)
-        for p in range(p_):
-            h0 = p * sh - ph
-            hs = max(h0, 0)
-            he = min(h0 + r_, h_)
-            _column_pass(mode, tmp, best, hs, he)
-            for q in range(q_):
-                w0 = q * sw - pw
-                ws = max(w0, 0)
-                we = min(w0 + s_, w_)
-                m = best[q]
-                done = False
-                for h in range(hs, he):               # first max in row-major order
-                    for w in range(ws, we):
-                        v = xp[h, w]
-                        if v == m or (v != v and m != m):
-                            acc[h, w] += dyp[p, q]
-                            done = True
-                            break
-                    if done:
-                        break
+        _plane_backward_max(xp, dyp, acc, r_, s_, ph, pw, sh, sw)
         return
+    acc[:, :] = 0.0
     grad = np.zeros((h_, q_))                         # gradient reaching row h of window q
     for p in range(p_):
         h0 = p * sh - ph
@@ -455,7 +575,6 @@ def _plane_backward(mode, xp, dyp, acc, tmp, full, r_, s_, ph, pw, sh, sw):
 def _backward_kernel(mode, whole, dy3, x3, dx3, r_, s_, ph, pw, sh, sw, alpha, beta):
     """dx3 (N*C, H, W) from dy3 (N*C, P, Q) and x3; ``whole``: global pooling."""
     nc_, h_, w_ = x3.shape
-    q_ = dy3.shape[2]
     if whole:
         x2 = x3.reshape(nc_, h_ * w_)
         dx2 = dx3.reshape(nc_, h_ * w_)
@@ -465,16 +584,21 @@ def _backward_kernel(mode, whole, dy3, x3, dx3, r_, s_, ph, pw, sh, sw, alpha, b
         return
     for nc in prange(nc_):
         acc = np.empty((h_, w_))
-        tmp = np.empty((h_, q_), x3.dtype)
-        full = np.empty(w_ + 2 * pw - s_ + 1, x3.dtype)
-        _plane_backward(mode, x3[nc], dy3[nc], acc, tmp, full, r_, s_, ph, pw, sh, sw)
+        _plane_backward(mode, x3[nc], dy3[nc], acc, r_, s_, ph, pw, sh, sw)
         dxp = dx3[nc]
         for h in range(h_):
-            for w in range(w_):
-                out = alpha * acc[h, w]
-                if beta != 0:
-                    out += beta * dxp[h, w]
-                dxp[h, w] = out
+            a, d = acc[h], dxp[h]
+            if beta == 0:
+                for w in range(w_):
+                    d[w] = alpha * a[w]
+            else:
+                for w in range(w_):
+                    d[w] = alpha * a[w] + beta * d[w]
+
+
+#: The max backward carries flat plane indices in the data dtype: float32 holds
+#: integers exactly up to 2**24; bigger float32 planes are searched in float64.
+_F32_EXACT_INDEX = 1 << 24
 
 
 def _planes3(arr: np.ndarray, *, read: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -510,6 +634,11 @@ def pooling_forward_numba(x, y, *, mode, window, pad=(0, 0), stride=(1, 1),
     _, x3 = _planes3(x)
     ys, y3 = _planes3(y, read=beta != 0)
     whole = (r, s, ph, pw) == tuple(x.shape[2:]) + (0, 0)   # global pooling
+    if whole and mode_id != _MAX:
+        global_mean(x3.reshape(x3.shape[0], -1), y3.reshape(-1), alpha, beta)
+        if ys is not y:
+            np.copyto(y, ys, casting="unsafe")
+        return
     with np.errstate(over="ignore"):           # alpha * lowest may round to -inf
         _forward_kernel(mode_id, whole, x3, y3, r, s, ph, pw, sh, sw, alpha, beta,
                         _lowest(x.dtype))
@@ -531,6 +660,8 @@ def pooling_backward_numba(y, dy, x, dx, *, mode, window, pad=(0, 0), stride=(1,
     _, x3 = _planes3(x)
     dxs, dx3 = _planes3(dx, read=beta != 0)
     whole = (r, s, ph, pw) == tuple(x.shape[2:]) + (0, 0)   # global pooling
+    if mode_id == _MAX and not whole and x3.dtype == np.float32 and x3[0].size > _F32_EXACT_INDEX:
+        x3 = x3.astype(np.float64)             # flat indices would round in float32
     _backward_kernel(mode_id, whole, dy3, x3, dx3, r, s, ph, pw, sh, sw, alpha, beta)
     if dxs is not dx:
         np.copyto(dx, dxs, casting="unsafe")

@@ -549,6 +549,26 @@ def test_softmax_forward_backward(handle, algo, mode, axes):
     assert dnn.cudnnSoftmaxForward(handle, 3, mode, 1.0, d, xp, 0.0, d, yp) == (BAD,)
 
 
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("mode,shape,axes", [
+    (dnn.CUDNN_SOFTMAX_MODE_INSTANCE, (3, 1000, 1, 1), (1, 2, 3)),     # logits, one thread
+    (dnn.CUDNN_SOFTMAX_MODE_INSTANCE, (40, 1000, 1, 1), (1, 2, 3)),    # parallel rows
+    (dnn.CUDNN_SOFTMAX_MODE_CHANNEL, (2, 7, 5, 9), (1,))])
+def test_softmax_forward_in_place_float32(handle, log, mode, shape, axes):
+    # cudnnSoftmaxForward with y == x (same pointer, same descriptor), with and without
+    # blending: y = alpha * softmax(x) + beta * y reads the old y, which is x itself.
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-8, 8, shape).astype(np.float32)
+    d = tensor(shape)
+    algo = dnn.CUDNN_SOFTMAX_LOG if log else dnn.CUDNN_SOFTMAX_ACCURATE
+    ref = softmax_ref(x, axes, log)
+    for alpha, beta in ((1.0, 0.0), (0.5, -2.0)):
+        xp = upload(x)
+        ok(dnn.cudnnSoftmaxForward(handle, algo, mode, alpha, d, xp, beta, d, xp))
+        want = alpha * ref + beta * x.astype(np.float64)
+        np.testing.assert_allclose(download(xp, shape, np.float32), want, rtol=1e-5, atol=1e-6)
+
+
 # -- batch normalization, dropout ------------------------------------------------------------------------
 
 def test_derive_bn_descriptor():
@@ -728,8 +748,7 @@ def test_transform_scale_set_tensor(handle):
 
 def test_in_place_calls_match_out_of_place(handle):
     # In-place calls (output = input, same pointer and strides) give the out-of-place result,
-    # including log-softmax over rows, whose kernel reads x after writing y (the facade hands
-    # such a kernel a copy of x).
+    # including log-softmax over rows (computed in place, without a copy of x).
     rng = np.random.default_rng(10)
     x = rng.uniform(0.5, 2, (2, 3, 4, 4)).astype(np.float32)
     d = tensor(x.shape)

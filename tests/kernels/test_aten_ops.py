@@ -917,3 +917,56 @@ def test_adaptive_and_max_pool_batch1_strided_odd():
         call("aten::max_pool2d_with_indices", p, noncontig(x), 3, 2, 1, 1, True, out=v, indices=i)
         assert_close(np.ascontiguousarray(v), wv)
         assert_close(np.ascontiguousarray(i), wi)
+
+
+@pytest.mark.parametrize("op", ["aten::_softmax", "aten::_log_softmax"])
+def test_softmax_in_place_and_overlapping_out(op):
+    # out may be self (the kernels are in-place safe) or overlap it partly (self is copied first).
+    x = rand((6, 40), np.float32, 3)
+    want = ref(op, x, 1, False, out=garbage(x.shape, np.float32))
+    for p in prov(op):
+        y = x.copy()
+        assert call(op, p, y, 1, False, out=y) is y
+        assert_close(y, want)
+        buf = np.concatenate([x.reshape(-1), np.zeros(40, np.float32)])
+        src, dst = buf[40:].reshape(6, 40), buf[:-40].reshape(6, 40)   # dst lags src by a row
+        src[...] = x
+        call(op, p, src, 1, False, out=dst)
+        assert_close(dst, want)
+
+
+def test_nll_loss_edge_cases():
+    x = rand((4, 5), np.float32)
+    for p in prov("aten::nll_loss_forward"):
+        o, tw = garbage((), np.float32), garbage((), np.float32)
+        call("aten::nll_loss_forward", p, x, np.full(4, 7, np.int32), None, "mean", 7,
+             output=o, total_weight=tw)                 # every target ignored: 0 / 0
+        assert np.isnan(o) and tw == 0
+        t = np.array([4, 0, 2, 0], np.int32)              # int32 targets, numpy reduction code
+        call("aten::nll_loss_forward", p, x, t, None, np.int64(2), -100, output=o, total_weight=tw)
+        assert o == pytest.approx(-float(x[0, 4] + x[1, 0] + x[2, 2] + x[3, 0]), rel=1e-6)
+        with pytest.raises(ValueError, match="target value 5 is out of bounds"):
+            call("aten::nll_loss_forward", p, x, np.array([0, 1, 5, -100]), None, "sum", -100,
+                 output=o, total_weight=tw)
+        with pytest.raises(TypeError, match="ignore_index"):
+            call("aten::nll_loss_forward", p, x, t, None, "sum", True, output=o, total_weight=tw)
+        with pytest.raises(TypeError, match="self"):
+            call("aten::nll_loss_forward", p, list(x), t, None, "sum", -100, output=o,
+                 total_weight=tw)
+        with pytest.raises(TypeError, match="grad_input"):
+            call("aten::nll_loss_backward", p, np.ones((), np.float32), x, t, None, "sum", -100,
+                 tw, grad_input=np.empty((4, 5)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_adaptive_avg_pool(dtype):
+    # output_size 1 takes a streaming whole-plane mean: ResNet's 2048x7x7 head shape.
+    x = rand((2, 300, 7, 7), dtype)
+    x[1, 5, 3, 3] = np.nan
+    want = x.astype(np.float64).mean(axis=(-2, -1), keepdims=True)
+    for p in prov("aten::_adaptive_avg_pool2d"):
+        got = call("aten::_adaptive_avg_pool2d", p, x, 1, out=garbage((2, 300, 1, 1), dtype))
+        np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float32 else 1e-13,
+                                   atol=1e-7, equal_nan=True)
+        got = call("aten::_adaptive_avg_pool2d", p, x[0], (1, 1), out=garbage((300, 1, 1), dtype))
+        np.testing.assert_allclose(got, want[0], rtol=1e-6, atol=1e-7)

@@ -869,3 +869,47 @@ def test_batch_norm_large_planes_path(provider, dtype):
         close(outs[provider][0], outs["reference"][0], dtype, 10)
         for a, e in zip(outs[provider][1:], outs["reference"][1:]):
             np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-8)
+
+
+def test_vexp_le0_accuracy_dense():
+    """The softmax exp helper: <= 2 ulp on x <= 0 down to the clamp at -87.3 (exp >= 1.2e-38),
+    about 1.2e-38 below it; NaN stays NaN. float64 defers to vexp."""
+    from numba import njit
+    from streamq.kernels._dnn_common import vexp_le0
+
+    @njit
+    def run(x, y):
+        for i in range(x.size):
+            y[i] = vexp_le0(x[i])
+    x = np.concatenate([np.linspace(-87.3, 0, 400001), np.linspace(-1e-3, 0, 1001),
+                        [-0.0, -1e-30, -87.29]]).astype(np.float32)
+    y = np.empty_like(x)
+    run(x, y)
+    want = np.exp(x.astype(np.float64))
+    ulps = np.abs(y - want) / np.spacing(want.astype(np.float32))
+    assert ulps.max() <= 2
+    low = np.array([-87.31, -100.0, -1e30, -np.inf, np.nan], np.float32)
+    out = np.empty_like(low)
+    run(low, out)
+    assert np.all(out[:4] <= np.float32(1.3e-38)) and np.all(out[:4] >= 0) and np.isnan(out[4])
+    x64 = np.linspace(-700, 0, 10001)
+    y64 = np.empty_like(x64)
+    run(x64, y64)
+    np.testing.assert_allclose(y64, np.exp(x64), rtol=1e-15)
+
+
+@pytest.mark.parametrize("provider", K.providers(SF))
+@pytest.mark.parametrize("algorithm", ["accurate", "log"])
+def test_softmax_rows_with_underflow_and_inf(provider, algorithm):
+    # Rows of 1000 logits (the classifier head) with exps far below float32's range,
+    # -inf entries, and a row holding +inf (NaN everywhere, like the reference).
+    x = (rng().standard_normal((6, 1000, 1, 1)) * 30).astype(np.float32)
+    x[0, :500] = -200.0
+    x[1, ::3] = -np.inf
+    x[2, 7] = np.inf
+    x[3, 9] = np.nan
+    expect, y = np.empty_like(x), np.full_like(x, 5.0)
+    K.get(SF, "reference")(x, expect, algorithm=algorithm, mode="instance")
+    K.get(SF, provider)(x, y, algorithm=algorithm, mode="instance")
+    close(y, expect, np.float32, 10 if algorithm == "log" else 1)
+    assert np.isnan(y[2]).all() and np.isnan(y[3]).all() and not np.isnan(y[[0, 1, 4, 5]]).any()

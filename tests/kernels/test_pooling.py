@@ -290,3 +290,104 @@ def test_failed_calls_write_nothing(provider):
     with pytest.raises(ValueError, match="window"):
         K.get(FWD, provider)(x, y, **dict(ok, window=8, pad=0))
     assert (y == 7).all() and (dx == 7).all()
+
+
+def naive_max_winners(x, window, pad, stride):
+    """dL/dx of max pooling with dy = 1..P*Q per plane, by direct loops: each window's
+    gradient goes to its first NaN, else its first maximum, in row-major order."""
+    n_, c_, h_, w_ = x.shape
+    _, _, p_, q_ = output_shape(x.shape, window, pad, stride)
+    dx = np.zeros(x.shape)
+    for n, c, p, q in itertools.product(range(n_), range(c_), range(p_), range(q_)):
+        best = None
+        for h in range(p * stride[0] - pad[0], p * stride[0] - pad[0] + window[0]):
+            for w in range(q * stride[1] - pad[1], q * stride[1] - pad[1] + window[1]):
+                if not (0 <= h < h_ and 0 <= w < w_):
+                    continue
+                v = float(x[n, c, h, w])
+                if best is None or (not np.isnan(best[0]) and (np.isnan(v) or v > best[0])):
+                    best = (v, h, w)
+        if best is not None:
+            dx[n, c, best[1], best[2]] += 1 + p * q_ + q
+    return dx
+
+
+MAX_BWD_CONFIGS = [((3, 3), (1, 1), (2, 2)), ((3, 3), (0, 0), (1, 1)), ((2, 2), (0, 0), (2, 2)),
+                   ((5, 3), (2, 1), (3, 2)), ((1, 4), (0, 3), (1, 3)), ((2, 3), (3, 4), (2, 2)),
+                   ((4, 1), (1, 0), (5, 1))]
+
+
+@pytest.mark.parametrize("provider", K.providers(BWD))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cfg", MAX_BWD_CONFIGS)
+def test_max_backward_winners_match_naive_loops(provider, dtype, cfg):
+    """Odd plane sizes, many ties (a few distinct values), -inf, inf and NaN runs: every
+    window's gradient lands on cuDNN's winner (first NaN, else first maximum)."""
+    r = rng()
+    x = r.integers(-2, 3, (2, 3, 13, 17)).astype(dtype)
+    x[0, 0, 2:5, 3:9] = -np.inf                       # windows of equal -inf values
+    x[0, 1, 5, 6], x[0, 1, 6, 5] = np.nan, np.nan     # two NaNs in a window: the first wins
+    x[1, 2, 7:9, 0:4] = np.inf
+    x[1, 0] = 1.0                                     # a constant plane: all ties
+    window, pad, stride = cfg
+    shape = output_shape(x.shape, window, pad, stride)
+    dy = np.broadcast_to(np.arange(1, shape[2] * shape[3] + 1, dtype=dtype).reshape(shape[2:]),
+                         shape).copy()
+    dx = np.full(x.shape, np.nan, dtype)
+    K.get(BWD, provider)(np.empty(shape, dtype), dy, x, dx, mode="max", window=window,
+                         pad=pad, stride=stride)
+    np.testing.assert_array_equal(dx, naive_max_winners(x, window, pad, stride))
+
+
+@pytest.mark.parametrize("provider", K.providers(BWD))
+def test_max_backward_non_contiguous_and_blended(provider):
+    r = rng()
+    base = r.standard_normal((2, 6, 11, 30)).astype(np.float32)
+    x = base[:, ::2, :, ::2]                                # (2, 3, 11, 15), strided
+    kw = dict(mode="max", window=3, pad=1, stride=2)
+    shape = output_shape(x.shape, (3, 3), (1, 1), (2, 2))
+    dy = r.standard_normal(shape).astype(np.float32)[..., ::-1]    # negative strides
+    expect = r.standard_normal(x.shape).astype(np.float32)
+    dx = np.zeros((2, 3, 15, 11), np.float32).transpose(0, 1, 3, 2)
+    dx[...] = expect
+    K.get(BWD, "reference")(np.empty(shape, np.float32), np.ascontiguousarray(dy),
+                            np.ascontiguousarray(x), expect, alpha=0.5, beta=-2.0, **kw)
+    K.get(BWD, provider)(np.empty(shape, np.float32), dy, x, dx, alpha=0.5, beta=-2.0, **kw)
+    np.testing.assert_allclose(dx, expect, **TOL[np.float32])
+
+
+def test_max_backward_big_planes_search_in_float64(monkeypatch):
+    """float32 planes too big for exact float32 flat indices are searched in float64; the
+    limit is lowered here so that a small plane takes that path."""
+    from streamq.kernels import pooling
+    monkeypatch.setattr(pooling, "_F32_EXACT_INDEX", 16)
+    x = rng().integers(-3, 4, (2, 2, 9, 10)).astype(np.float32)
+    kw = dict(mode="max", window=(3, 2), pad=(1, 1), stride=(2, 2))
+    shape = output_shape(x.shape, (3, 2), (1, 1), (2, 2))
+    dy = np.broadcast_to(np.arange(1, shape[2] * shape[3] + 1, dtype=np.float32)
+                         .reshape(shape[2:]), shape).copy()
+    dx = np.empty_like(x)
+    K.get(BWD, "numba")(np.empty(shape, np.float32), dy, x, dx, **kw)
+    np.testing.assert_array_equal(dx, naive_max_winners(x, (3, 2), (1, 1), (2, 2)))
+
+
+@pytest.mark.parametrize("provider", K.providers(FWD))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("mode", ["average_count_include_padding", "average_count_exclude_padding"])
+def test_global_average_pool(provider, dtype, mode):
+    """Window = the whole plane, no padding (ResNet's head): the mean of each plane, for
+    odd planes, a strided input, 1x1 planes, NaN/inf propagation and blending."""
+    r = rng()
+    for shape in ((3, 70, 7, 7), (2, 5, 1, 1), (1, 3, 13, 5)):
+        x = r.standard_normal(shape).astype(dtype)
+        x[0, 1, 0, 0], x[-1, 2, -1, -1] = np.nan, np.inf
+        want = x.astype(np.float64).mean(axis=(2, 3), keepdims=True)
+        y = np.full(shape[:2] + (1, 1), np.nan, dtype)
+        K.get(FWD, provider)(x, y, mode=mode, window=shape[2:])
+        np.testing.assert_allclose(y, want, equal_nan=True, **TOL[dtype])
+        assert np.isnan(y[0, 1, 0, 0]) and y[-1, 2, 0, 0] == np.inf
+        y0 = r.standard_normal(y.shape).astype(dtype)
+        y = y0.copy()
+        K.get(FWD, provider)(x[:, ::-1], y, mode=mode, window=shape[2:], alpha=2.0, beta=-0.5)
+        np.testing.assert_allclose(y, 2.0 * want[:, ::-1] - 0.5 * y0.astype(np.float64),
+                                   equal_nan=True, **TOL[dtype])
