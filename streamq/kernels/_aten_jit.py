@@ -23,7 +23,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from . import _dnn_common  # noqa: F401  (sets GOMP_SPINCOUNT before any parallel launch)
+from . import _dnn_common  # noqa: F401
 
 LANES = 16
 _JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")

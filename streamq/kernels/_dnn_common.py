@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 
 import numba
 import numpy as np
@@ -37,16 +36,8 @@ __all__ = [
     "compute_dtype", "real_scalar",
 ]
 
-# numba's "omp" threading layer runs on libgomp, which on small VMs throttles
-# its idle spin to ~1000 iterations: every parallel kernel launch then waits
-# for futex wake-ups of the worker threads (0.7 ms per launch measured on the
-# 2-core benchmark machine, against 2-3 us with a bounded spin). Setting
-# GOMP_SPINCOUNT explicitly lifts the throttle; 30000 spins (tens of us) keeps
-# back-to-back launches cheap without busy-waiting forever as
-# OMP_WAIT_POLICY=active would. libgomp reads it when numba first loads the
-# threading layer (the first parallel call), so it must be set before that;
-# a value already in the environment wins.
-os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+# GOMP_SPINCOUNT (libgomp's idle spin, which decides what a parallel launch costs) is set by
+# streamq._limits when streamq is imported, before numba can load its OpenMP layer.
 
 # Every numba kernel in these modules uses one of these two option sets.
 # error_model="numpy": float division by zero gives inf/nan instead of a
