@@ -76,21 +76,9 @@ def workspace(ptr, size_in_bytes, what: str = "workSpace") -> None:
         LIB.flat(ptr, np.uint8, size, what=what)
 
 
-def enqueue(handle, op: str, *args, reads=(), writes=(), copies=(), **kwargs):
+def enqueue(handle, op: str, *args, reads=(), writes=(), **kwargs):
     """Enqueue the registry op ``op`` (resolved now, in the caller's provider order) on the
-    handle's stream with these arguments; ``reads``/``writes`` go to the queue log.
-
-    ``copies``: positions of array arguments to pass as a copy taken when the task
-    runs -- for an in-place call of a kernel whose contract does not promise in-place
-    safety (the input is read after the output was partly written).
-    """
+    handle's stream with these arguments; ``reads``/``writes`` go to the queue log."""
     kernel = registry.get(op)
-    if copies:
-        fn = functools.partial(_call_with_copies, kernel, args, frozenset(copies), kwargs)
-    else:
-        fn = functools.partial(kernel, *args, **kwargs)
+    fn = functools.partial(kernel, *args, **kwargs)
     return LIB.launch(handle.stream(), fn, (), name=op, reads=reads, writes=writes)
-
-
-def _call_with_copies(kernel, args, copies, kwargs):
-    kernel(*(a.copy() if i in copies else a for i, a in enumerate(args)), **kwargs)
