@@ -118,6 +118,20 @@ def _present(*views) -> list:
     return [v for v in views if v is not None]
 
 
+def _training_params(bn, bnScale, bnBias, exponentialAverageFactor, resultRunningMean,
+                     resultRunningVariance, epsilon, resultSaveMean, resultSaveInvVariance):
+    """The training forward's parameter views and scalars, checked (shared by the Ex call)."""
+    scale, bias = bn.param(bnScale, "bnScale"), bn.param(bnBias, "bnBias")
+    run_mean, run_var = bn.pair(resultRunningMean, "resultRunningMean", resultRunningVariance,
+                                "resultRunningVariance")
+    save_mean, save_inv = bn.pair(resultSaveMean, "resultSaveMean", resultSaveInvVariance,
+                                  "resultSaveInvVariance")
+    factor = LIB.real(exponentialAverageFactor, "exponentialAverageFactor")
+    if not 0.0 <= factor <= 1.0:
+        raise LIB.bad(f"exponentialAverageFactor must be in [0, 1], got {factor}")
+    return scale, bias, run_mean, run_var, save_mean, save_inv, factor, _epsilon(epsilon)
+
+
 @LIB.api()
 def cudnnBatchNormalizationForwardTraining(handle, mode, alpha, beta, xDesc, x, yDesc, y,
                                            bnScaleBiasMeanVarDesc, bnScale, bnBias,
@@ -133,15 +147,9 @@ def cudnnBatchNormalizationForwardTraining(handle, mode, alpha, beta, xDesc, x, 
     same_dims(x=xv, y=yv)
     bn = _BN(mode, xv, bnScaleBiasMeanVarDesc, "bnScaleBiasMeanVarDesc")
     bn.need_two_values()
-    scale, bias = bn.param(bnScale, "bnScale"), bn.param(bnBias, "bnBias")
-    run_mean, run_var = bn.pair(resultRunningMean, "resultRunningMean", resultRunningVariance,
-                                "resultRunningVariance")
-    save_mean, save_inv = bn.pair(resultSaveMean, "resultSaveMean", resultSaveInvVariance,
-                                  "resultSaveInvVariance")
-    factor = LIB.real(exponentialAverageFactor, "exponentialAverageFactor")
-    if not 0.0 <= factor <= 1.0:
-        raise LIB.bad(f"exponentialAverageFactor must be in [0, 1], got {factor}")
-    eps = _epsilon(epsilon)
+    scale, bias, run_mean, run_var, save_mean, save_inv, factor, eps = _training_params(
+        bn, bnScale, bnBias, exponentialAverageFactor, resultRunningMean, resultRunningVariance,
+        epsilon, resultSaveMean, resultSaveInvVariance)
     disjoint("y", yv, x=xv, bnScale=scale, bnBias=bias)
     a, b = alpha_beta(dtype, alpha=alpha, beta=beta)
     outputs = _present(run_mean, run_var, save_mean, save_inv)
@@ -299,15 +307,9 @@ def cudnnBatchNormalizationForwardTrainingEx(handle, mode, bnOps, alpha, beta, x
     same_dims(x=xv, y=yv, **({"z": zv} if zv is not None else {}))
     bn = _BN(mode, xv, bnScaleBiasMeanVarDesc, "bnScaleBiasMeanVarDesc")
     bn.need_two_values()
-    scale, bias = bn.param(bnScale, "bnScale"), bn.param(bnBias, "bnBias")
-    run_mean, run_var = bn.pair(resultRunningMean, "resultRunningMean", resultRunningVariance,
-                                "resultRunningVariance")
-    save_mean, save_inv = bn.pair(resultSaveMean, "resultSaveMean", resultSaveInvVariance,
-                                  "resultSaveInvVariance")
-    factor = LIB.real(exponentialAverageFactor, "exponentialAverageFactor")
-    if not 0.0 <= factor <= 1.0:
-        raise LIB.bad(f"exponentialAverageFactor must be in [0, 1], got {factor}")
-    eps = _epsilon(epsilon)
+    scale, bias, run_mean, run_var, save_mean, save_inv, factor, eps = _training_params(
+        bn, bnScale, bnBias, exponentialAverageFactor, resultRunningMean, resultRunningVariance,
+        epsilon, resultSaveMean, resultSaveInvVariance)
     disjoint("y", yv, x=xv, bnScale=scale, bnBias=bias)
     if zv is not None:
         in_place_or_disjoint("y", yv, z=zv)
