@@ -614,8 +614,8 @@ class Queue(Executor):
             raise TypeError(f"event must be an Event, got {type(event).__name__}")
         marker = _marker_dependency(event)
         if marker is None:
-            if trace._sink is not None:
-                trace._emit_event_wait(self, event, None)
+            if trace._sink is not None:   # the record it found complete, if any: still an edge
+                trace._emit_event_wait(self, event, event._record)
             return
         gate = Task(self, None, (), None)
         gate.kind = "event_wait"

@@ -19,6 +19,8 @@ __all__ = ["CostModel", "Fit"]
 _RESERVOIR = 4096
 #: Least factor between the largest and smallest op that lets a fit separate overhead and rate.
 SPREAD = 4.0
+#: Ops that all move less than this are overhead-bound: their times say nothing about bandwidth.
+SMALL_OP_BYTES = 64 * 1024
 
 
 class Fit:
@@ -114,7 +116,7 @@ class CostModel:
     def fit(self) -> Fit:
         """Least-squares overhead and bandwidth; falls back when the data cannot separate them.
 
-        Methods: ``median`` (at least 16 samples: bandwidth the median rate of the
+        Methods: ``median`` (at least 16 samples spanning :data:`SPREAD` x: bandwidth the median rate of the
         larger half of the ops, overhead the median of what that rate leaves
         unexplained — robust to a few ops slowed by compilation or contention);
         ``least-squares`` (when op sizes span at least :data:`SPREAD` x, or the line
@@ -122,6 +124,8 @@ class CostModel:
         separate a fixed cost from a rate); ``through-origin`` (the intercept came out
         negative, so overhead 0 and bandwidth from ``Σxy/Σxx``); ``mean-rate``
         (sizes too alike: bandwidth ``Σbytes/Σtime``, overhead 0);
+        ``overhead-only`` (sizes too alike and every op moved less than
+        :data:`SMALL_OP_BYTES`: overhead the median duration, bandwidth unknown);
         ``none`` (no samples).
         """
         gap = sorted(self.gaps)[len(self.gaps) // 2] if self.gaps else 0.0
@@ -138,6 +142,9 @@ class CostModel:
                     return Fit(intercept, gap, 1.0 / slope, self.n, "least-squares")
                 if self.sum_xy > 0:
                     return Fit(0.0, gap, self.sum_xx / self.sum_xy, self.n, "through-origin")
+        if self.max_x < SMALL_OP_BYTES:
+            durations = sorted(d for _, d in self.samples)
+            return Fit(durations[len(durations) // 2], gap, None, self.n, "overhead-only")
         bw = self.sum_x / self.sum_y if self.sum_y > 0 else None
         return Fit(0.0, gap, bw, self.n, "mean-rate")
 
@@ -148,8 +155,8 @@ class CostModel:
 
     def _robust_fit(self, gap: float) -> Fit | None:
         samples = [s for s in self.samples if s[1] > 0]
-        if len(samples) < 16:
-            return None
+        if len(samples) < 16 or self.max_x < SPREAD * self.min_x:
+            return None     # (ops of one size cannot tell a fixed cost from a rate)
         samples.sort()
         big = samples[len(samples) // 2:]
         rates = sorted(b / d for b, d in big)

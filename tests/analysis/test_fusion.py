@@ -265,8 +265,13 @@ def test_cost_model_fits_overhead_and_bandwidth():
     assert fit.saved_us(1000, 2) == pytest.approx(2 * (2.0 + 2.0) + 1000 / 500.0)
     same = CostModel()
     for _ in range(3):
-        same.observe(100, 4.0)
-    assert same.fit().method == "mean-rate" and same.fit().bandwidth == pytest.approx(25.0)
+        same.observe(1 << 20, 40.0)
+    assert same.fit().method == "mean-rate" and same.fit().bandwidth == pytest.approx((1 << 20) / 40.0)
+    tiny = CostModel()                                  # small ops of one size: overhead-bound
+    for d in (4.0, 5.0, 6.0):
+        tiny.observe(100, d)
+    fit = tiny.fit()
+    assert fit.method == "overhead-only" and fit.bandwidth is None and fit.overhead_us == 5.0
     assert CostModel().fit().bandwidth is None
 
 

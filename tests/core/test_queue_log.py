@@ -75,6 +75,27 @@ def test_items_a_waiting_host_thread_runs_are_logged_on_the_queues_cmg(tmp_path)
         assert row["thread"] == t.result()
 
 
+def test_waiting_on_an_already_complete_record_still_logs_the_edge(tmp_path):
+    # The analyzer's happens-before graph needs the edge even when the wait cost nothing:
+    # without it a copy on one stream and its reader on another look like a race.
+    path = tmp_path / "log.jsonl"
+    trace.enable(path)
+    try:
+        q1, q2 = streamq.Queue("producer"), streamq.Queue("consumer")
+        q1.submit(lambda: None)
+        event = q1.record_event()
+        assert q1.synchronize(timeout=10)            # the record is complete before the wait
+        q2.wait_event(event)
+        never = streamq.Event("never-recorded")
+        q2.wait_event(never)
+    finally:
+        trace.disable()
+    rows = read_log(path)
+    marker = next(r for r in rows if r["type"] == "task" and r["kind"] == "event_record")
+    waits = [r for r in rows if r["type"] == "task" and r["kind"] == "event_wait"]
+    assert [w["deps"] for w in waits] == [[marker["id"]], []]
+
+
 def test_dependency_failures_and_cancellations_are_logged(tmp_path):
     path = tmp_path / "log.jsonl"
     trace.enable(path)
