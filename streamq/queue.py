@@ -705,7 +705,13 @@ class Queue(Executor):
 
     def _serial_idle_locked(self) -> bool:
         last = self._last
-        return not self._items and not self._running_inline and (last is None or last.done())
+        if self._items or self._running_inline:
+            return False
+        if last is None:
+            return True
+        if last.cancelled():
+            return not self._running    # an item before the cancelled last one may still run
+        return last.done()
 
     # -- Executor protocol -----------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
