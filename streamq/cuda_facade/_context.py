@@ -52,10 +52,12 @@ _handles = itertools.count(0x5100)  # stream handles: opaque ints, never 0, 1 or
 reset_hooks: list = []
 
 
-class cudaStream_t:
-    """A stream handle, as cuda-python's ``cudaStream_t``: ``int(handle)`` is its value."""
+class IntHandle:
+    """A handle equal to any int of its value, as cuda-python's stream and pool handles:
+    ``int(handle)`` is its value. Subclasses set ``_kind`` (their name in the repr)."""
 
     __slots__ = ("_value",)
+    _kind = "handle"
 
     def __init__(self, init_value: int = 0):
         self._value = int(init_value)
@@ -80,7 +82,14 @@ class cudaStream_t:
         return hash(self._value)
 
     def __repr__(self) -> str:
-        return f"<cudaStream_t {self._value:#x}>"
+        return f"<{self._kind} {self._value:#x}>"
+
+
+class cudaStream_t(IntHandle):
+    """A stream handle, as cuda-python's ``cudaStream_t``: ``int(handle)`` is its value."""
+
+    __slots__ = ()
+    _kind = "cudaStream_t"
 
 
 class Device:

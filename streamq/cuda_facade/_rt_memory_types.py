@@ -113,35 +113,11 @@ class cudaPointerAttributes:
                 f"devicePointer={self.devicePointer:#x}, hostPointer={self.hostPointer:#x})")
 
 
-class cudaMemPool_t:
+class cudaMemPool_t(_context.IntHandle):
     """A memory pool handle (cuda-python's ``cudaMemPool_t``): ``int(handle)`` is its value."""
 
-    __slots__ = ("_value",)
-
-    def __init__(self, init_value: int = 0):
-        self._value = int(init_value)
-
-    def __int__(self) -> int:
-        return self._value
-
-    def __index__(self) -> int:
-        return self._value
-
-    def getPtr(self) -> int:  # noqa: N802 - cuda-python's name
-        """The handle's value."""
-        return self._value
-
-    def __eq__(self, other) -> bool:
-        try:
-            return self._value == int(other)
-        except (TypeError, ValueError):
-            return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return f"<cudaMemPool_t {self._value:#x}>"
+    __slots__ = ()
+    _kind = "cudaMemPool_t"
 
 
 # -- argument checks -------------------------------------------------------------------------
