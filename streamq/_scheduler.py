@@ -15,13 +15,14 @@ Invariants (all under the scheduler's single lock):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 import threading
 
 from . import _blocking, _limits
-from .topology import CMG, _set_current_cmg, current_cmg, topology
+from .topology import CMG, _set_current_cmg, _thread_state, topology
 
 _logger = logging.getLogger("streamq")
 
@@ -116,10 +117,12 @@ class Worker(threading.Thread):
 
 
 class _LendState(threading.local):
-    inside = None
+    inside = None    # {CMG index: True} where the thread's whole affinity is inside the CMG
+    settled = None   # {CMG index: the numba module or None} where a lend needs no pin and no cap
 
 
 _lend_state = _LendState()
+_UNSET = object()
 
 
 def _inside_cache() -> dict:
@@ -137,32 +140,30 @@ def lend_caller_to(cmg: CMG):
     caps numba's threads to the CMG's cores; returns a callable that undoes all of
     it. Used when a waiting host thread runs a queue's items itself.
     """
-    inside = _inside_cache()
-    old_cpus = None
-    if not inside.get(cmg.index, False):
-        try:
-            old_cpus = os.sched_getaffinity(0)
-        except OSError:
-            old_cpus = None
-        if old_cpus is not None and old_cpus <= set(cmg.cpus):
-            inside[cmg.index] = True   # already confined to the CMG: nothing to pin
-            old_cpus = None
-        elif old_cpus is not None:
-            try:
-                os.sched_setaffinity(0, cmg.cpus)
-            except OSError:
-                old_cpus = None
-    old_cmg = current_cmg()
-    _set_current_cmg(cmg)
+    old_cmg = _thread_state.cmg
+    _thread_state.cmg = cmg
     numba = sys.modules.get("numba")
+    settled = _lend_state.settled
+    if settled is not None and settled.get(cmg.index, _UNSET) is numba:
+        # The common case, on every synchronize that runs work: nothing but the CMG to undo.
+        return functools.partial(_set_current_cmg, old_cmg)
+    old_cpus = None
+    if not _inside_cache().get(cmg.index, False):
+        old_cpus = _pin_to(cmg)
     old_numba = None
     # (numba.get_num_threads costs over 1 µs: skip it when the pool cannot exceed the CMG)
-    if numba is not None and numba.config.NUMBA_NUM_THREADS > cmg.ncores:
+    if numba is not None and numba.config.NUMBA_NUM_THREADS > len(cmg.cpus):
         old_numba = numba.get_num_threads()
-        if old_numba > cmg.ncores:
-            _limits.set_numba_threads(cmg.ncores)
+        if old_numba > len(cmg.cpus):
+            _limits.set_numba_threads(len(cmg.cpus))
         else:
             old_numba = None
+    elif old_cpus is None and _inside_cache().get(cmg.index, False):
+        if settled is None:
+            settled = _lend_state.settled = {}
+        settled[cmg.index] = numba
+    if old_cpus is None and old_numba is None:
+        return functools.partial(_set_current_cmg, old_cmg)
 
     def undo() -> None:
         if old_numba is not None:
@@ -171,6 +172,22 @@ def lend_caller_to(cmg: CMG):
         if old_cpus is not None:
             os.sched_setaffinity(0, old_cpus)
     return undo
+
+
+def _pin_to(cmg: CMG):
+    """Confine the calling thread to ``cmg``'s CPUs; its old affinity, or None if unchanged."""
+    try:
+        old_cpus = os.sched_getaffinity(0)
+    except OSError:
+        return None
+    if old_cpus <= set(cmg.cpus):
+        _inside_cache()[cmg.index] = True   # already confined to the CMG: nothing to pin
+        return None
+    try:
+        os.sched_setaffinity(0, cmg.cpus)
+    except OSError:
+        return None
+    return old_cpus
 
 
 class CMGPool:

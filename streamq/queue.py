@@ -321,7 +321,9 @@ class Queue(Executor):
             if head._state is not PENDING:  # cancelled while it waited
                 items.popleft()
                 continue
-            if not self._dispatchable_locked(head):
+            # _dispatchable_locked(head), inlined: this runs once per item
+            if (head._ndeps or self._barrier_running or self._running >= self._width
+                    or (head._barrier and self._running)):
                 return None
             items.popleft()
             head._state = RUNNING
@@ -374,7 +376,8 @@ class Queue(Executor):
             except BaseException as exc:  # delivered to whoever waits, as Future does
                 task._finish(None, exc)
             else:
-                task._finish(result, None)
+                task._result = result         # task._finish(result, None), minus a call
+                task._publish(FINISHED)
             task.args = task.kwargs = None  # don't keep inputs alive through a held Task
         if task._group is not None:
             task._group.leave()
@@ -637,7 +640,7 @@ class Queue(Executor):
         """
         start = time.perf_counter_ns() if trace._sink is not None else 0
         ok = (timeout is None and self._width == 1 and self.target is None
-              and _blocking.current_worker() is None and self._sync_serial_here())
+              and _blocking._state.worker is None and self._sync_serial_here())
         if not ok:
             event = self.record_event(Event(f"{self.label}.synchronize"))
             ok = event._record._wait(timeout)
@@ -653,44 +656,54 @@ class Queue(Executor):
         order), so no marker is queued; the caller runs pending items itself unless
         higher-priority work waits for the CMG's workers.
         """
+        post = False
         with self._lock:
             last = self._last
             if self._serial_idle_locked():
                 return True
             if last is None or self._epochs is not None or self._running_inline:
                 return False
-        if not (self._pool is not None and self._sched.has_waiting(self._pool, self.priority + 1)):
-            self._run_here(until=last)
+            pool, sched = self._pool, self._sched
+            # (the counts first: has_waiting's priority scan is rarely needed)
+            outranked = (pool is not None and (pool.ready.count or sched.machine_ready.count)
+                         and sched.has_waiting(pool, self.priority + 1))
+            first = None
+            if not outranked:
+                first = self._pick_locked()
+                if first is None:
+                    post = self._kick_locked()
+        if first is not None:
+            self._run_here(first, until=last)
+        elif post:
+            self._post()
         last._wait(None)
         # Cancelled before it started: earlier items may still run - wait with a marker.
         return last._state is FINISHED
 
-    def _run_here(self, until: Task) -> None:
-        """Run this serial queue's startable items on the calling thread, up to ``until``.
+    def _run_here(self, task: Task, until: Task) -> None:
+        """Run ``task`` (already picked) and this serial queue's next startable items on the
+        calling thread, up to ``until``.
 
         Serial order and exclusion hold as for any drain: items are taken from
         the head under the lock, and none is taken while another one runs.
         """
-        cmg = self.cmg
-        undo = _scheduler.lend_caller_to(cmg) if cmg is not None else None
+        pool = self._pool
+        undo = _scheduler.lend_caller_to(pool.cmg) if pool is not None else None
         stack = _blocking.queue_stack()
         stack.append(self)
-        finished = None
         try:
             while True:
+                self._run(task, None)
                 post = False
                 with self._lock:
-                    if finished is not None:
-                        self._account_finished_locked(finished)
-                    task = None if finished is until else self._pick_locked()
-                    if task is None:
+                    self._account_finished_locked(task)
+                    task = None if task is until else self._pick_locked()
+                    if task is None and self._items:
                         post = self._kick_locked()  # what follows ``until`` goes to the workers
                 if task is None:
                     if post:
                         self._post()
                     return
-                self._run(task, None)
-                finished = task
         finally:
             stack.pop()
             if undo is not None:

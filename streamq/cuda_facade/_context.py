@@ -369,14 +369,18 @@ class Stream:
                 return False
         return self.queue.query()
 
-    def synchronize(self) -> bool:
-        """Block until every op submitted to the stream has finished; False if nothing was
-        left to wait for."""
-        if self.query():
-            return False
-        self.fence()
+    def synchronize(self) -> None:
+        """Block until every op submitted to the stream has finished (for the legacy stream:
+        also the work already submitted to blocking streams, as its next op would wait for)."""
+        if self.blocking:
+            if self.query():
+                return
+            self.fence()
+        else:
+            window = self.window
+            if window is not None and window.pending:
+                window.flush()
         self.queue.synchronize()
-        return True
 
 
 def _noop() -> None:
@@ -444,7 +448,7 @@ def register_queue(queue) -> None:
 
 def in_stream_work() -> bool:
     """True if the calling thread is running an op of a facade stream (a host function, a kernel)."""
-    stack = _blocking.queue_stack()
+    stack = _blocking._state.stack   # (None on a thread that never ran queue work)
     return bool(stack) and any(q in _facade_queues for q in stack)
 
 

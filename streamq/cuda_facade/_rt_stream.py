@@ -99,8 +99,11 @@ def cudaStreamSynchronize(stream):
     _context.check_host_sync("cudaStreamSynchronize")
     if s.capture is not None or (s.legacy and s.device.captures):
         _graphs.refuse_capturing_stream(s, "cudaStreamSynchronize")
-    start = time.perf_counter_ns() if trace._sink is not None else 0
-    if s.synchronize() and start:      # (a host_sync record only when it waited)
+    if trace._sink is None:
+        s.synchronize()
+    elif not s.query():                # (a host_sync record only when it waits)
+        start = time.perf_counter_ns()
+        s.synchronize()
         trace.emit({"type": "host_sync", "what": "cudaStreamSynchronize", "stream": s.handle,
                     "device": s.device.index, "start_ns": start, "end_ns": time.perf_counter_ns()})
     s.device.check()

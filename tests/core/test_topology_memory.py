@@ -66,6 +66,39 @@ def test_two_cmgs_pin_their_workers_to_their_cpus(python_subprocess):
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_synchronizing_host_thread_runs_items_pinned_to_each_queues_cmg(python_subprocess):
+    # synchronize() lends the waiting thread to the queue's CMG while it runs pending items:
+    # pinned to that CMG's CPUs and reporting it, then restored - every time, alternating
+    # CMGs, numba loaded or not (the lend caches what it found per thread).
+    out = python_subprocess("""
+        import json, os, sys, threading, streamq
+        queues = [streamq.Queue(cmg=i) for i in range(2)]
+        main, seen = threading.get_ident(), []
+        def probe():
+            seen.append((threading.get_ident() == main, sorted(os.sched_getaffinity(0)),
+                         streamq.current_cmg().index))
+        after = []
+        for round in range(3):
+            if round == 2:
+                import numba  # noqa: F401 - a lend must notice numba appearing
+            for q in queues * 2:
+                q.submit(probe)
+                q.synchronize()
+                after.append((sorted(os.sched_getaffinity(0)), streamq.current_cmg()))
+        print(json.dumps({"seen": seen, "after": [[a, c is None] for a, c in after]}))
+    """, env={"STREAMQ_TOPOLOGY": "2x1"})
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    allowed = sorted(os.sched_getaffinity(0))
+    on_host = [(cpus, cmg) for here, cpus, cmg in data["seen"] if here]
+    assert len(data["seen"]) == 12 and on_host      # an idle queue's item usually runs on the host
+    for here, cpus, cmg in data["seen"]:
+        assert cpus == [allowed[cmg]]                # on the host or a worker: the queue's CMG only
+    assert [cmg for _, _, cmg in data["seen"]] == [0, 1, 0, 1] * 3
+    assert data["after"] == [[allowed, True]] * 12   # the host's own affinity and CMG come back
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 def test_thread_limits_hold_blas_and_numba_within_a_cmg(python_subprocess):
     out = python_subprocess("""
         import json, numba, numpy, streamq
