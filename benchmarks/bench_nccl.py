@@ -1,25 +1,30 @@
 """NCCL over MPI: all-reduce bandwidth against plain mpi4py, and DDP's overlap.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_nccl.py [--ranks 2] [--max-mb 256]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_nccl.py [--ranks 2] [--max-mb 64]
 
 Starts itself under ``mpiexec -n RANKS`` (one CMG per rank: each rank gets its
-share of the CPUs). For each size from 1 KiB to ``--max-mb`` MiB (float32), on
-the same facade buffers, it times, best of ``--repeats``:
+share of the CPUs). For each size from 1 KiB to ``--max-mb`` MiB (float32, x4),
+on the same facade buffers, it times ``iters`` calls per run (``--iters``;
+default 16 MiB worth, between 4 and 50 calls), every method once per repeat,
+the methods interleaved, best of ``--repeats``:
 
-- ``mpi4py``: ``COMM_WORLD.Allreduce`` called on the host (the peer);
-- ``nccl``: ``ncclAllReduce`` on a stream, then ``cudaStreamSynchronize`` — one
-  operation at a time, the latency a training loop sees per call;
-- ``nccl x k``: k ``ncclAllReduce`` back to back on the stream, one synchronize
-  (the throughput of a stream of collectives).
+- ``mpi4py``: ``iters`` ``COMM_WORLD.Allreduce`` back to back on the host (the peer);
+- ``nccl``: nccl-tests' protocol, the one whose "algbw" everyone quotes: ``iters``
+  ``ncclAllReduce`` back to back on one stream, one ``cudaStreamSynchronize``;
+  time per operation;
+- ``1 op + sync``: ``ncclAllReduce`` then ``cudaStreamSynchronize``, ``iters``
+  times: the latency a loop that waits for every call sees.
 
-It also prints the facade's floor for any stream op the host waits for (a
-no-op ``cudaLaunchHostFunc`` plus ``cudaStreamSynchronize``), measured in the
-same run: small all-reduces cannot be faster than that plus MPI's own latency.
+Each run starts with a barrier and takes the slowest rank's time. It also
+prints the facade's floor for any stream op the host waits for (a no-op
+``cudaLaunchHostFunc`` plus ``cudaStreamSynchronize``), measured in the same
+run: a waited-for all-reduce cannot be faster than that plus MPI's latency.
 
-Bandwidth is bytes reduced per second (NCCL's "algorithm bandwidth"); ratios
-are against mpi4py measured in the same run. Then it runs
-``examples/ddp_resnet.py`` and reports the share of gradient all-reduce time
-hidden behind backward, read from the queue log, with the timeline.
+algbw is bytes reduced per second (nccl-tests' "algorithm bandwidth"; its
+"bus bandwidth" is algbw x 2(n-1)/n); ratios are against mpi4py in the same
+run. Then it runs ``examples/ddp_resnet.py`` and reports the share of
+gradient all-reduce time hidden behind backward, read from the queue log,
+with the timeline (``--no-overlap`` skips it).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+METHODS = ("mpi4py", "nccl", "1 op + sync")
+
 
 def _sizes(max_mb: float) -> list[int]:
     sizes, n = [], 1024
@@ -42,16 +49,6 @@ def _sizes(max_mb: float) -> list[int]:
         sizes.append(n)
         n *= 4
     return sizes
-
-
-def _best(fn, repeats: int, barrier) -> float:
-    times = []
-    for _ in range(repeats):
-        barrier()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def worker(args) -> None:
@@ -69,47 +66,60 @@ def worker(args) -> None:
     err, stream = rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking)
     f32, total = nccl.ncclDataType_t.ncclFloat32, nccl.ncclRedOp_t.ncclSum
 
+    cpu_used = []    # CPU seconds of this process (all its threads) per timed run: steadier under load
+
+    def timed(fn) -> float:
+        """Seconds ``fn`` took on the slowest rank, started together."""
+        world.Barrier()
+        cpu = time.process_time()
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        cpu_used.append(time.process_time() - cpu)
+        return world.allreduce(elapsed, op=MPI.MAX)
+
     def floor(reps=200):
         for _ in range(reps):
             rt.cudaLaunchHostFunc(stream, _noop, None)
             rt.cudaStreamSynchronize(stream)
 
     # The facade's own floor for any stream op the host waits for: a no-op host function + synchronize.
-    launch_sync = world.allreduce(_best(floor, args.repeats, world.Barrier) / 200, op=MPI.MAX)
+    launch_sync = min(timed(floor) for _ in range(args.repeats)) / 200
     rows = []
     for nbytes in _sizes(args.max_mb):
         n = nbytes // 4
         send = device_array(n, "float32")
         recv = device_array(n, "float32")
         send[:] = group.rank + 1
-        # calls per timed run: about 0.1 s of work, at least 2
-        world.Barrier()
-        t = time.perf_counter()
-        world.Allreduce(send, recv)
-        once = world.allreduce(time.perf_counter() - t, op=MPI.MAX)
-        reps = max(2, min(200, int(0.1 / max(once, 1e-6))))
+        # warm-up (nccl-tests runs a few too); the same number of calls per run on every rank
+        timed(lambda: world.Allreduce(send, recv))
+        timed(lambda: (nccl.ncclAllReduce(send, recv, n, f32, total, group.comm, stream),
+                       rt.cudaStreamSynchronize(stream)))
+        iters = args.iters or max(4, min(50, (16 << 20) // nbytes))
 
-        def peer(reps=reps, send=send, recv=recv):
-            for _ in range(reps):
+        def peer(iters=iters, send=send, recv=recv):
+            for _ in range(iters):
                 world.Allreduce(send, recv)
 
-        def one_at_a_time(reps=reps, send=send, recv=recv, n=n):
-            for _ in range(reps):
-                nccl.ncclAllReduce(send, recv, n, f32, total, group.comm, stream)
-                rt.cudaStreamSynchronize(stream)
-
-        def back_to_back(reps=reps, send=send, recv=recv, n=n):
-            for _ in range(reps):
+        def back_to_back(iters=iters, send=send, recv=recv, n=n):
+            for _ in range(iters):
                 nccl.ncclAllReduce(send, recv, n, f32, total, group.comm, stream)
             rt.cudaStreamSynchronize(stream)
 
-        timings = {}
-        for name, fn in (("mpi4py", peer), ("nccl", one_at_a_time), ("nccl x k", back_to_back)):
-            best = _best(fn, args.repeats, world.Barrier) / reps
-            timings[name] = world.allreduce(best, op=MPI.MAX)
+        def one_at_a_time(iters=iters, send=send, recv=recv, n=n):
+            for _ in range(iters):
+                nccl.ncclAllReduce(send, recv, n, f32, total, group.comm, stream)
+                rt.cudaStreamSynchronize(stream)
+
+        runs = {name: [] for name in METHODS}
+        cpu = {name: [] for name in METHODS}
+        for _ in range(args.repeats):
+            for name, fn in zip(METHODS, (peer, back_to_back, one_at_a_time)):
+                runs[name].append(timed(fn) / iters)
+                cpu[name].append(cpu_used[-1] / iters)
         expected = group.size * (group.size + 1) / 2
         assert float(recv[0]) == expected and float(recv[-1]) == expected, "wrong all-reduce result"
-        rows.append({"bytes": nbytes, "reps": reps, **{k: v for k, v in timings.items()}})
+        rows.append({"bytes": nbytes, "iters": iters, "runs": runs, "cpu": cpu})
     group.destroy()
     if group.rank == 0:
         with open(args.out, "w") as f:
@@ -135,8 +145,10 @@ def _mpiexec() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--max-mb", type=float, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-mb", type=float, default=64, help="largest size in MiB (default 64)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per method and size; the best counts")
+    parser.add_argument("--iters", type=int, default=0, help="calls per run (default: 16 MiB worth, 4..50)")
+    parser.add_argument("--json", default="", help="also write the raw per-run times here")
     parser.add_argument("--no-overlap", action="store_true", help="skip the DDP overlap run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
@@ -155,23 +167,28 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "figures.json")
         cmd = [_mpiexec(), "-n", str(args.ranks), sys.executable, os.path.abspath(__file__), "--worker",
-               "--out", out, "--max-mb", str(args.max_mb), "--repeats", str(args.repeats)]
+               "--out", out, "--max-mb", str(args.max_mb), "--repeats", str(args.repeats),
+               "--iters", str(args.iters)]
         subprocess.run(cmd, env=env, check=True, timeout=1800)
         with open(out) as f:
             figures = json.load(f)
-    print(f"all-reduce, float32, {args.ranks} ranks (rank 0 on CPUs {figures['cpus']}), best of {args.repeats}; "
-          "bandwidth = bytes / time")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f)
+    print(f"all-reduce, float32, {args.ranks} ranks (rank 0 on CPUs {figures['cpus']}), best of {args.repeats} "
+          "interleaved runs per method; algbw = bytes / time per operation")
     print(f"facade floor per waited-for stream op (no-op cudaLaunchHostFunc + cudaStreamSynchronize): "
           f"{figures['launch_sync'] * 1e6:.0f} us")
-    print(f"{'size':>9} {'mpi4py':>14} {'nccl (1 op + sync)':>24} {'nccl x k (1 sync)':>24}")
+    print(f"{'':>9} {'':>5} {'time per op (us)':^24} {'algbw (GB/s)':^17} {'nccl':>6}   "
+          f"{'1 op + sync':^16}")
+    print(f"{'size':>9} {'iters':>5} {'mpi4py':>11} {'nccl':>12} {'mpi4py':>8} {'nccl':>8} {'ratio':>6}   "
+          f"{'us':>8} {'ratio':>7}")
     for row in figures["rows"]:
-        peer = row["bytes"] / row["mpi4py"] / 1e9
-        cells = [f"{peer:8.3f} GB/s"]
-        for name in ("nccl", "nccl x k"):
-            bw = row["bytes"] / row[name] / 1e9
-            cells.append(f"{bw:8.3f} GB/s {bw / peer:5.2f}x")
-        print(f"{_human(row['bytes']):>9} {cells[0]:>14} {cells[1]:>24} {cells[2]:>24}   "
-              f"({row['mpi4py'] * 1e6:.0f} / {row['nccl'] * 1e6:.0f} / {row['nccl x k'] * 1e6:.0f} us)")
+        best = {name: min(row["runs"][name]) for name in METHODS}
+        peer_bw, bw = row["bytes"] / best["mpi4py"] / 1e9, row["bytes"] / best["nccl"] / 1e9
+        print(f"{_human(row['bytes']):>9} {row['iters']:>5} {best['mpi4py'] * 1e6:11.1f} {best['nccl'] * 1e6:12.1f} "
+              f"{peer_bw:8.3f} {bw:8.3f} {bw / peer_bw:5.2f}x   {best['1 op + sync'] * 1e6:8.1f} "
+              f"{best['mpi4py'] / best['1 op + sync']:6.2f}x")
     if not args.no_overlap:
         print(f"\nDDP overlap: examples/ddp_resnet.py on {args.ranks} ranks")
         with tempfile.TemporaryDirectory() as tmp:

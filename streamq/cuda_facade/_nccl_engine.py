@@ -11,10 +11,15 @@ While a job waits on MPI the thread polls (MPI progresses nonblocking
 collectives only inside MPI calls, and MPI's own blocking calls spin too):
 back to back for 200 µs after anything progressed, then yielding the CPU between
 polls, and after ``STREAMQ_NCCL_SPIN_S`` seconds (default 1) without progress
-every 200 µs. With no work it keeps looking for new work for 100 µs (a stream
-of collectives arrives back to back), then sleeps on a condition variable. Threads that
-wait for a job (stream workers, the host) sleep on a lock, never spin, and a
-stream worker that waits is counted as blocked so its CMG may start another.
+every 200 µs. With no operation running it sleeps on a condition variable at
+once (a submit wakes it): spinning then would hold the GIL that the threads
+woken by a completion need. Threads that wait for a job (stream workers, the
+host) sleep on a lock, never spin, and a stream worker that waits is counted
+as blocked so its CMG may start another.
+
+A communicator's jobs that arrive before their turn are parked by sequence
+number, so starting the next one costs the same however many wait (a stream
+of back-to-back collectives parks them all at once).
 
 Every running job has a deadline (``STREAMQ_NCCL_TIMEOUT`` seconds, default
 300): a job still waiting then fails with ncclRemoteError, so that no fault
@@ -57,7 +62,6 @@ def timeout_s() -> float:
 
 _SPIN_S = _env_seconds("STREAMQ_NCCL_SPIN_S", 1.0)
 _BUSY_S = 200e-6           # poll without yielding this long after progress
-_LINGER_S = 100e-6         # look for new work this long before sleeping
 _SLOW_POLL_S = 200e-6
 _SERVICE_S = 1e-3          # how often listeners (notices, set-up messages) are polled while busy
 _IDLE_SERVICE_MAX_S = 0.02
@@ -149,13 +153,12 @@ class Engine:
         self._cv = threading.Condition(threading.Lock())
         self._inbox: deque = deque()
         self._running: list[Job] = []
-        self._parked: list[Job] = []
+        self._parked: dict = {}          # comm -> {seq: job}: jobs waiting for their turn
         self._listeners: list = []       # objects with active() -> bool and poll() (progress thread)
         self._sends: list = []           # fire-and-forget requests still in flight
         self._abandoned: list = []       # jobs given up with MPI operations still posted
         self._spin_until = 0.0
         self._busy_until = 0.0
-        self._idle_since = 0.0
         self._next_service = 0.0
         self._idle_service = _SERVICE_S
         self.dead: BaseException | None = None
@@ -223,13 +226,13 @@ class Engine:
             self._running.remove(job)
             if job._requests:
                 self._abandoned.append(job)
-        elif job in self._parked:
-            self._parked.remove(job)
+        else:
+            self._unpark_one(job)
         self._complete(job, error)
 
     def jobs_of(self, comm) -> list[Job]:
         """The running and parked jobs of ``comm``."""
-        return [j for j in self._running + self._parked if j.comm is comm]
+        return [j for j in self._running if j.comm is comm] + list(self._parked.get(comm, {}).values())
 
     def _posted(self) -> None:
         now = time.monotonic()
@@ -264,17 +267,26 @@ class Engine:
         if job.comm is not None:
             job.comm.admitted()
             if not job.comm.may_start(job) and job.comm.refusal(job) is None:
-                self._parked.append(job)
+                self._parked.setdefault(job.comm, {})[job.seq] = job
                 return
         self._start(job)
 
+    def _unpark_one(self, job: Job) -> None:
+        waiting = self._parked.get(job.comm)
+        if waiting is not None and waiting.get(job.seq) is job:
+            del waiting[job.seq]
+            if not waiting:
+                del self._parked[job.comm]
+
     def _unpark(self) -> None:
-        for job in list(self._parked):
-            if job not in self._parked or job.done.done:
-                continue
-            if job.comm.may_start(job) or job.comm.refusal(job) is not None:
-                if job in self._parked:
-                    self._parked.remove(job)
+        # Only a communicator's next job in order may start. (Parked jobs that can never run
+        # - the communicator failed, a peer left - are failed through jobs_of when that happens.)
+        for comm in list(self._parked):
+            while True:
+                job = self._parked.get(comm, {}).get(comm.next_run)
+                if job is None:
+                    break
+                self._unpark_one(job)
                 if not job.done.done:
                     self._start(job)
 
@@ -311,7 +323,8 @@ class Engine:
             _logger.exception("the NCCL progress thread died")
             with self._cv:
                 self.dead = exc
-                pending = list(self._inbox) + self._running + self._parked
+                pending = list(self._inbox) + self._running + [
+                    job for waiting in self._parked.values() for job in waiting.values()]
                 self._inbox.clear()
             error = NcclError(ncclResult_t.ncclInternalError, f"the NCCL progress thread died: {exc}")
             for job in pending:
@@ -327,9 +340,7 @@ class Engine:
                 return
             with self._cv:
                 if not self._inbox and not self._running:
-                    if time.monotonic() - self._idle_since < _LINGER_S:
-                        pass                        # linger: the next operation often follows at once
-                    elif self._parked or self._listening():
+                    if self._parked or self._listening():
                         self._cv.wait(self._idle_service)
                         self._idle_service = min(self._idle_service * 2, _IDLE_SERVICE_MAX_S)
                     elif not self._stopping:
@@ -345,8 +356,6 @@ class Engine:
             if now >= self._next_service or not self._running:
                 self._service(now)
                 self._next_service = now + _SERVICE_S
-            if progressed and not self._running:
-                self._idle_since = now
             if self._running and not progressed:
                 if now < self._busy_until:
                     continue
@@ -356,8 +365,6 @@ class Engine:
                     with self._cv:
                         if not self._inbox:
                             self._cv.wait(_SLOW_POLL_S)
-            elif not self._running and not items and time.monotonic() - self._idle_since < _LINGER_S:
-                os.sched_yield()
 
 
 _engine: Engine | None = None

@@ -11,6 +11,9 @@ it took to learn it. Scenarios:
 - ``kernel``: the last rank's stream op raises before its ncclAllReduce (a device fault).
 - ``exit``: the last rank finishes one allreduce, then exits early (status 0).
 - ``hang``: the last rank sleeps past STREAMQ_NCCL_TIMEOUT, then tries to join.
+- ``chain``: a mismatched ncclAllReduce (as ``count``), then a matching one right
+  behind it on the same stream, which must fail without running, as a stream op
+  after a failed op.
 """
 
 import sys
@@ -77,6 +80,9 @@ def main():
         if last:
             sys.exit(0)
         status = nccl.ncclAllReduce(buf, out, 64, T.ncclFloat32, R.ncclSum, comm, stream)
+    elif scenario == "chain":
+        nccl.ncclAllReduce(buf, out, 64 if rank == 0 else 32, T.ncclFloat32, R.ncclSum, comm, stream)
+        status = nccl.ncclAllReduce(buf, out, 16, T.ncclFloat32, R.ncclSum, comm, stream)
     elif scenario == "hang":
         if last:
             time.sleep(float(sys.argv[2]))

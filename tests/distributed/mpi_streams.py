@@ -11,7 +11,10 @@ NCCL's and CUDA's stream order):
 - a group spanning two streams orders both;
 - many communicators and streams at once, issued in different orders by
   different ranks and from several host threads;
-- ncclCommSplit, the legacy default stream (handle 0), ncclCommFinalize.
+- ncclCommSplit, the legacy default stream (handle 0), ncclCommFinalize;
+- collectives back to back on two streams and two communicators (the first on
+  an idle stream, the next ones right behind it, some reading the previous
+  one's result, a host function between them), checked against numpy sums.
 """
 
 import threading
@@ -186,10 +189,58 @@ def many(world, comm, rank, size):
         check(nccl.ncclCommFinalize(c)[0] == OK and nccl.ncclCommDestroy(c)[0] == OK, "many: destroy")
 
 
+def chained(comm, rank, size):
+    """Back to back on two streams and two communicators, issued alternately from one thread.
+
+    The first call of each stream finds it idle and the next ones follow the previous call
+    of their communicator directly: each must start after the stream's earlier work (a
+    call that reads the previous call's result, a host function writing a buffer between
+    two calls), and the stream's later work must see every result."""
+    status, other = nccl.ncclCommSplit(comm, 0, rank)
+    check(status == OK, f"chained: ncclCommSplit {status}")
+    pairs = [(comm, stream()), (other, stream())]
+    counts = [3, 1000, 1 << 18, 7]          # float64 elements: 24 B .. 2 MiB
+    ranks_total = size * (size + 1) / 2     # the sum over ranks of (rank + 1)
+    plan = []                               # (stream index, pointer, count, expected)
+    for i in range(12):
+        for j, (c, s) in enumerate(pairs):
+            n = counts[(i + j) % len(counts)]
+            base = np.arange(n, dtype=np.float64) % 97 + i + 10 * j
+            if i == 6:
+                # stream work between two calls: the next call must read what it wrote
+                x = upload(rt, np.zeros(n))
+                rt.cudaLaunchHostFunc(s, lambda _, x=x, n=n, v=base * (rank + 1): typed_view(
+                    x, np.float64, (n,)).__setitem__(slice(None), v), None)
+            else:
+                x = upload(rt, base * (rank + 1))
+            ok = nccl.ncclAllReduce(x, x, n, T.ncclFloat64, R.ncclSum, c, s)[0] == OK
+            expected = base * ranks_total
+            if i % 3 == 0:   # a second in-place all-reduce of the result, right behind the first
+                ok = ok and nccl.ncclAllReduce(x, x, n, T.ncclFloat64, R.ncclSum, c, s)[0] == OK
+                expected = expected * size
+            check(ok, f"chained: call {i} on stream {j}")
+            plan.append((j, x, n, expected))
+    seen = {}
+    for j, (c, s) in enumerate(pairs):
+        mine = [(x, n) for jj, x, n, _ in plan if jj == j]
+        rt.cudaLaunchHostFunc(s, lambda _, j=j, mine=mine: seen.__setitem__(
+            j, [typed_view(x, np.float64, (n,)).copy() for x, n in mine]), None)
+    for j, (c, s) in enumerate(pairs):
+        check(rt.cudaStreamSynchronize(s)[0] == 0, f"chained: stream {j} failed: {rt.last_exception()}")
+    for j in range(len(pairs)):
+        wanted = [e for jj, _, _, e in plan if jj == j]
+        got = seen.get(j, [])
+        check(len(got) == len(wanted), f"chained: stream {j}'s later work did not run")
+        for k, (g, e) in enumerate(zip(got, wanted)):
+            check(np.array_equal(g, e), f"chained: stream {j} call {k}: got {g[:3]} expected {e[:3]}")
+    check(nccl.ncclCommDestroy(other)[0] == OK, "chained: destroy")
+
+
 def main():
     world, comm = init_world_comm()
     rank, size = world.Get_rank(), world.Get_size()
     ordering(comm, rank, size)
+    chained(comm, rank, size)
     other_streams_go_on(comm, rank, size, world)
     nonblocking(comm, rank, size, world)
     group_two_streams(comm, rank, size)

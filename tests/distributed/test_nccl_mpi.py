@@ -47,6 +47,21 @@ def test_mismatch_between_ranks_fails_on_every_rank(scenario):
         assert MISMATCH[scenario] in result["last"]            # ncclGetLastError(comm)
 
 
+def test_a_call_right_behind_a_failed_one_fails_without_running():
+    # The second call follows the first directly on the stream: it must fail as a stream op
+    # after a failed op does, on every rank, with the first failure as the device's error -
+    # not run, and not hang.
+    results, proc = run_mpi("mpi_faults.py", 2, "chain", timeout=60, env={"STREAMQ_NCCL_TIMEOUT": "60"})
+    assert sorted(results) == [0, 1], proc.stdout + proc.stderr
+    for result in results.values():
+        assert result["status"] == "ncclSuccess"                 # issued fine; fails in the stream
+        assert result["sync"] == "cudaErrorLaunchFailure"
+        assert MISMATCH["count"] in result["cause"]              # the first failure is the sticky one
+        assert result["async"] == "ncclUnhandledCudaError"
+        assert "this rank's device failed before the operation could run" in result["last"]
+        assert result["seconds"] < 30
+
+
 def test_send_recv_mismatch_names_both_sides():
     results, proc = run_mpi("mpi_faults.py", 2, "sendrecv", timeout=60)
     assert "this rank has 10 x ncclFloat32, the peer's matching ncclRecv has 20 x ncclFloat32" in \
