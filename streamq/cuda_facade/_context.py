@@ -270,7 +270,8 @@ class Stream:
             capture.add(self, fn, args, name=name, kind=kind, reads=reads, writes=writes, on_error=on_error)
             return None
         device = self.device
-        device.check()
+        if device.sticky is not None:      # device.check(), inlined: every launch passes here
+            raise device.sticky
         if self.blocking:
             if self.legacy:
                 device.check_legacy_use()
