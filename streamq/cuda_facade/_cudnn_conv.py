@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
+import typing
 
 import numpy as np
 
@@ -100,57 +101,71 @@ def _algo(enum_type, value):
 
 # -- the operations ----------------------------------------------------------------------------------
 
+class _Direction(typing.NamedTuple):
+    """What differs between forward, backward-data and backward-filter convolution."""
+
+    op: str              # the kernel registry op
+    algo_type: type      # its algo enum
+    perf_type: type      # its algo query's result struct
+    roles: tuple         # the operands playing the forward convolution's x, w and y
+
+
+_DIRECTIONS = {
+    "forward": _Direction(_FWD, cudnnConvolutionFwdAlgo_t, cudnnConvolutionFwdAlgoPerf_t,
+                          ("x", "w", "y")),
+    "data": _Direction(_BWD_DATA, cudnnConvolutionBwdDataAlgo_t, cudnnConvolutionBwdDataAlgoPerf_t,
+                       ("dx", "w", "dy")),
+    "filter": _Direction(_BWD_FILTER, cudnnConvolutionBwdFilterAlgo_t,
+                         cudnnConvolutionBwdFilterAlgoPerf_t, ("x", "dw", "dy")),
+}
+
+
+def _convolution(kind: str, handle, convDesc, algo, workSpace, workSpaceSizeInBytes, alpha, beta,
+                 operands) -> None:
+    """Check and enqueue one of the three convolutions: out = alpha * op(in1, in2) + beta * out.
+
+    ``operands``: ``(name, desc, ptr)`` in the kernel's argument order, the output last.
+    """
+    direction = _DIRECTIONS[kind]
+    x_name, w_name, y_name = direction.roles
+    h, conv = live_handle(handle), _conv(convDesc)
+    _algo(direction.algo_type, algo)
+    workspace(workSpace, workSpaceSizeInBytes)
+    views = {name: (filter_view if name == w_name else tensor_view)(desc, ptr, name)
+             for name, desc, ptr in operands}
+    dtype = same_dtype(**views)
+    _compute_type(conv, dtype)
+    _check_output(conv, views[x_name].shape, views[w_name].shape, views[y_name].shape, y_name)
+    *in_names, out_name = views
+    inputs, out = [views[n] for n in in_names], views[out_name]
+    disjoint(out_name, out, **{n: views[n] for n in in_names})
+    a, b = alpha_beta(dtype, alpha=alpha, beta=beta)
+    enqueue(h, direction.op, *views.values(), **_params(conv), alpha=a, beta=b,
+            reads=inputs + ([out] if b else []), writes=[out])
+
+
 @LIB.api()
 def cudnnConvolutionForward(handle, alpha, xDesc, x, wDesc, w, convDesc, algo, workSpace,
                             workSpaceSizeInBytes, beta, yDesc, y):
     """y = alpha * conv(x, w) + beta * y on the handle's stream (beta == 0: y not read)."""
-    h, conv = live_handle(handle), _conv(convDesc)
-    _algo(cudnnConvolutionFwdAlgo_t, algo)
-    workspace(workSpace, workSpaceSizeInBytes)
-    xv, wv, yv = tensor_view(xDesc, x, "x"), filter_view(wDesc, w, "w"), tensor_view(yDesc, y, "y")
-    dtype = same_dtype(x=xv, w=wv, y=yv)
-    _compute_type(conv, dtype)
-    _check_output(conv, xv.shape, wv.shape, yv.shape, "y")
-    disjoint("y", yv, x=xv, w=wv)
-    a, b = alpha_beta(dtype, alpha=alpha, beta=beta)
-    enqueue(h, _FWD, xv, wv, yv, **_params(conv), alpha=a, beta=b,
-            reads=[xv, wv] + ([yv] if b else []), writes=[yv])
+    _convolution("forward", handle, convDesc, algo, workSpace, workSpaceSizeInBytes, alpha, beta,
+                 (("x", xDesc, x), ("w", wDesc, w), ("y", yDesc, y)))
 
 
 @LIB.api()
 def cudnnConvolutionBackwardData(handle, alpha, wDesc, w, dyDesc, dy, convDesc, algo, workSpace,
                                  workSpaceSizeInBytes, beta, dxDesc, dx):
     """dx = alpha * dL/dx + beta * dx from dy = dL/dy and the filter w."""
-    h, conv = live_handle(handle), _conv(convDesc)
-    _algo(cudnnConvolutionBwdDataAlgo_t, algo)
-    workspace(workSpace, workSpaceSizeInBytes)
-    wv, dyv, dxv = filter_view(wDesc, w, "w"), tensor_view(dyDesc, dy, "dy"), \
-        tensor_view(dxDesc, dx, "dx")
-    dtype = same_dtype(w=wv, dy=dyv, dx=dxv)
-    _compute_type(conv, dtype)
-    _check_output(conv, dxv.shape, wv.shape, dyv.shape, "dy")
-    disjoint("dx", dxv, w=wv, dy=dyv)
-    a, b = alpha_beta(dtype, alpha=alpha, beta=beta)
-    enqueue(h, _BWD_DATA, wv, dyv, dxv, **_params(conv), alpha=a, beta=b,
-            reads=[wv, dyv] + ([dxv] if b else []), writes=[dxv])
+    _convolution("data", handle, convDesc, algo, workSpace, workSpaceSizeInBytes, alpha, beta,
+                 (("w", wDesc, w), ("dy", dyDesc, dy), ("dx", dxDesc, dx)))
 
 
 @LIB.api()
 def cudnnConvolutionBackwardFilter(handle, alpha, xDesc, x, dyDesc, dy, convDesc, algo, workSpace,
                                    workSpaceSizeInBytes, beta, dwDesc, dw):
     """dw = alpha * dL/dw + beta * dw from the input x and dy = dL/dy."""
-    h, conv = live_handle(handle), _conv(convDesc)
-    _algo(cudnnConvolutionBwdFilterAlgo_t, algo)
-    workspace(workSpace, workSpaceSizeInBytes)
-    xv, dyv, dwv = tensor_view(xDesc, x, "x"), tensor_view(dyDesc, dy, "dy"), \
-        filter_view(dwDesc, dw, "dw")
-    dtype = same_dtype(x=xv, dy=dyv, dw=dwv)
-    _compute_type(conv, dtype)
-    _check_output(conv, xv.shape, dwv.shape, dyv.shape, "dy")
-    disjoint("dw", dwv, x=xv, dy=dyv)
-    a, b = alpha_beta(dtype, alpha=alpha, beta=beta)
-    enqueue(h, _BWD_FILTER, xv, dyv, dwv, **_params(conv), alpha=a, beta=b,
-            reads=[xv, dyv] + ([dwv] if b else []), writes=[dwv])
+    _convolution("filter", handle, convDesc, algo, workSpace, workSpaceSizeInBytes, alpha, beta,
+                 (("x", xDesc, x), ("dy", dyDesc, dy), ("dw", dwDesc, dw)))
 
 
 def _bias_view(dbDesc, db, k: int, what: str) -> np.ndarray:
@@ -244,10 +259,11 @@ def _geometry(kind: str, xDesc, wDesc, convDesc, yDesc):
     return conv, x, w, y, dtype
 
 
-def _perf_list(perf_type, enum_type, conv, count, time_ms: float):
+def _perf_list(kind: str, conv, count, time_ms: float):
+    direction = _DIRECTIONS[kind]
     requested = LIB.integer(count, "requestedAlgoCount", 1)
-    algos = list(_algos(enum_type)[:requested])
-    return len(algos), [perf_type(a, cudnnStatus_t.CUDNN_STATUS_SUCCESS, time_ms, 0,
+    algos = list(_algos(direction.algo_type)[:requested])
+    return len(algos), [direction.perf_type(a, cudnnStatus_t.CUDNN_STATUS_SUCCESS, time_ms, 0,
                                   cudnnDeterminism_t.CUDNN_DETERMINISTIC, conv.math_type)
                         for a in algos]
 
@@ -281,6 +297,28 @@ def _max_count(handle, enum_type) -> int:
     return len(_algos(enum_type))
 
 
+# The three directions' algorithm queries; descriptors in _geometry's (x, w, conv, y) order.
+
+def _heuristic(kind: str, handle, xDesc, wDesc, convDesc, yDesc, requestedAlgoCount):
+    live_handle(handle)
+    conv, *_ = _geometry(kind, xDesc, wDesc, convDesc, yDesc)
+    return _perf_list(kind, conv, requestedAlgoCount, -1.0)
+
+
+def _find(kind: str, handle, xDesc, wDesc, convDesc, yDesc, requestedAlgoCount):
+    conv, x, w, y, dtype = _geometry(kind, xDesc, wDesc, convDesc, yDesc)
+    LIB.integer(requestedAlgoCount, "requestedAlgoCount", 1)
+    ms = _timed_on_stream(handle, _DIRECTIONS[kind].op, conv, x, w, y, dtype, kind)
+    return _perf_list(kind, conv, requestedAlgoCount, ms)
+
+
+def _workspace_size(kind: str, handle, xDesc, wDesc, convDesc, yDesc, algo) -> int:
+    live_handle(handle)
+    _geometry(kind, xDesc, wDesc, convDesc, yDesc)
+    _algo(_DIRECTIONS[kind].algo_type, algo)
+    return 0
+
+
 @LIB.api(1)
 def cudnnGetConvolutionForwardAlgorithmMaxCount(handle):
     """``(status, 8)``: the number of forward algorithms."""
@@ -292,10 +330,8 @@ def cudnnGetConvolutionForwardAlgorithm_v7(handle, srcDesc, filterDesc, convDesc
                                            requestedAlgoCount):
     """``(status, returnedAlgoCount, [cudnnConvolutionFwdAlgoPerf_t])``: heuristic answer
     (no timing: time -1); every algorithm is supported with a 0-byte workspace."""
-    live_handle(handle)
-    conv, *_ = _geometry("forward", srcDesc, filterDesc, convDesc, destDesc)
-    return _perf_list(cudnnConvolutionFwdAlgoPerf_t, cudnnConvolutionFwdAlgo_t, conv,
-                      requestedAlgoCount, -1.0)
+    return _heuristic("forward", handle, srcDesc, filterDesc, convDesc, destDesc,
+                      requestedAlgoCount)
 
 
 @LIB.api(2)
@@ -304,20 +340,13 @@ def cudnnFindConvolutionForwardAlgorithm(handle, xDesc, wDesc, convDesc, yDesc,
     """``(status, returnedAlgoCount, perfResults)``: times the convolution once on the
     handle's stream (scratch buffers; blocks) and reports that time for every algorithm,
     all of which run the same kernel."""
-    conv, x, w, y, dtype = _geometry("forward", xDesc, wDesc, convDesc, yDesc)
-    LIB.integer(requestedAlgoCount, "requestedAlgoCount", 1)
-    ms = _timed_on_stream(handle, _FWD, conv, x, w, y, dtype, "forward")
-    return _perf_list(cudnnConvolutionFwdAlgoPerf_t, cudnnConvolutionFwdAlgo_t, conv,
-                      requestedAlgoCount, ms)
+    return _find("forward", handle, xDesc, wDesc, convDesc, yDesc, requestedAlgoCount)
 
 
 @LIB.api(1)
 def cudnnGetConvolutionForwardWorkspaceSize(handle, xDesc, wDesc, convDesc, yDesc, algo):
     """``(status, 0)``: no algorithm needs a workspace."""
-    live_handle(handle)
-    _geometry("forward", xDesc, wDesc, convDesc, yDesc)
-    _algo(cudnnConvolutionFwdAlgo_t, algo)
-    return 0
+    return _workspace_size("forward", handle, xDesc, wDesc, convDesc, yDesc, algo)
 
 
 @LIB.api(1)
@@ -330,30 +359,20 @@ def cudnnGetConvolutionBackwardDataAlgorithmMaxCount(handle):
 def cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, filterDesc, diffDesc, convDesc, gradDesc,
                                                 requestedAlgoCount):
     """``(status, returnedAlgoCount, [cudnnConvolutionBwdDataAlgoPerf_t])`` (heuristic)."""
-    live_handle(handle)
-    conv, *_ = _geometry("data", gradDesc, filterDesc, convDesc, diffDesc)
-    return _perf_list(cudnnConvolutionBwdDataAlgoPerf_t, cudnnConvolutionBwdDataAlgo_t, conv,
-                      requestedAlgoCount, -1.0)
+    return _heuristic("data", handle, gradDesc, filterDesc, convDesc, diffDesc, requestedAlgoCount)
 
 
 @LIB.api(2)
 def cudnnFindConvolutionBackwardDataAlgorithm(handle, wDesc, dyDesc, convDesc, dxDesc,
                                               requestedAlgoCount):
     """``(status, returnedAlgoCount, perfResults)`` timed once on the handle's stream."""
-    conv, x, w, y, dtype = _geometry("data", dxDesc, wDesc, convDesc, dyDesc)
-    LIB.integer(requestedAlgoCount, "requestedAlgoCount", 1)
-    ms = _timed_on_stream(handle, _BWD_DATA, conv, x, w, y, dtype, "data")
-    return _perf_list(cudnnConvolutionBwdDataAlgoPerf_t, cudnnConvolutionBwdDataAlgo_t, conv,
-                      requestedAlgoCount, ms)
+    return _find("data", handle, dxDesc, wDesc, convDesc, dyDesc, requestedAlgoCount)
 
 
 @LIB.api(1)
 def cudnnGetConvolutionBackwardDataWorkspaceSize(handle, wDesc, dyDesc, convDesc, dxDesc, algo):
     """``(status, 0)``: no algorithm needs a workspace."""
-    live_handle(handle)
-    _geometry("data", dxDesc, wDesc, convDesc, dyDesc)
-    _algo(cudnnConvolutionBwdDataAlgo_t, algo)
-    return 0
+    return _workspace_size("data", handle, dxDesc, wDesc, convDesc, dyDesc, algo)
 
 
 @LIB.api(1)
@@ -366,27 +385,17 @@ def cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(handle):
 def cudnnGetConvolutionBackwardFilterAlgorithm_v7(handle, srcDesc, diffDesc, convDesc, gradDesc,
                                                   requestedAlgoCount):
     """``(status, returnedAlgoCount, [cudnnConvolutionBwdFilterAlgoPerf_t])`` (heuristic)."""
-    live_handle(handle)
-    conv, *_ = _geometry("filter", srcDesc, gradDesc, convDesc, diffDesc)
-    return _perf_list(cudnnConvolutionBwdFilterAlgoPerf_t, cudnnConvolutionBwdFilterAlgo_t, conv,
-                      requestedAlgoCount, -1.0)
+    return _heuristic("filter", handle, srcDesc, gradDesc, convDesc, diffDesc, requestedAlgoCount)
 
 
 @LIB.api(2)
 def cudnnFindConvolutionBackwardFilterAlgorithm(handle, xDesc, dyDesc, convDesc, dwDesc,
                                                 requestedAlgoCount):
     """``(status, returnedAlgoCount, perfResults)`` timed once on the handle's stream."""
-    conv, x, w, y, dtype = _geometry("filter", xDesc, dwDesc, convDesc, dyDesc)
-    LIB.integer(requestedAlgoCount, "requestedAlgoCount", 1)
-    ms = _timed_on_stream(handle, _BWD_FILTER, conv, x, w, y, dtype, "filter")
-    return _perf_list(cudnnConvolutionBwdFilterAlgoPerf_t, cudnnConvolutionBwdFilterAlgo_t, conv,
-                      requestedAlgoCount, ms)
+    return _find("filter", handle, xDesc, dwDesc, convDesc, dyDesc, requestedAlgoCount)
 
 
 @LIB.api(1)
 def cudnnGetConvolutionBackwardFilterWorkspaceSize(handle, xDesc, dyDesc, convDesc, gradDesc, algo):
     """``(status, 0)``: no algorithm needs a workspace."""
-    live_handle(handle)
-    _geometry("filter", xDesc, gradDesc, convDesc, dyDesc)
-    _algo(cudnnConvolutionBwdFilterAlgo_t, algo)
-    return 0
+    return _workspace_size("filter", handle, xDesc, gradDesc, convDesc, dyDesc, algo)

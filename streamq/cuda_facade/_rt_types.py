@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import enum
 
-from ._context import cudaStream_t
+from ._context import IntHandle, cudaStream_t
 
 __all__ = [
     "cudaStream_t", "cudaEvent_t", "cudaGraph_t", "cudaGraphExec_t", "cudaGraphNode_t",
@@ -43,25 +43,13 @@ cudaEventWaitDefault = 0
 cudaEventWaitExternal = 1
 
 
-class _Handle:
+class _Handle(IntHandle):
     """An opaque handle: ``int(handle)`` is its value, 0 is NULL."""
 
-    __slots__ = ("_value",)
-    _kind = "handle"
+    __slots__ = ()
 
-    def __init__(self, init_value: int = 0):
-        self._value = int(init_value)
-
-    def __int__(self) -> int:
-        return self._value
-
-    def __index__(self) -> int:
-        return self._value
-
-    def getPtr(self) -> int:  # noqa: N802 - cuda-python's name
-        """The handle's value (cuda-python returns the address of the handle)."""
-        return self._value
-
+    # Unlike IntHandle (stream and pool handles), equal only to ints and to handles of the
+    # same type: an event never equals a graph that happens to have the same value.
     def __eq__(self, other) -> bool:
         if type(other) is type(self):
             return self._value == other._value
@@ -71,9 +59,6 @@ class _Handle:
 
     def __hash__(self) -> int:
         return hash((self._kind, self._value))
-
-    def __repr__(self) -> str:
-        return f"<{self._kind} {self._value:#x}>"
 
 
 class cudaEvent_t(_Handle):

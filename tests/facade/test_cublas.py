@@ -9,87 +9,43 @@ Reference", "cublasSetPointerMode()" and "cublasDestroy()".
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
 
+import facade_helpers
 import numpy as np
 import pytest
+from facade_helpers import D2H, H2D, WAIT, fresh_stream, handle_fixture, library_ok
+from facade_helpers import StreamGate as Gate
 
 import streamq
-from streamq.cuda_facade import _context
 from streamq.cuda_facade import cublas as cb
 from streamq.cuda_facade import runtime as rt
 
 S = cb.cublasStatus_t
 OK = S.CUBLAS_STATUS_SUCCESS
 INVALID = S.CUBLAS_STATUS_INVALID_VALUE
-H2D = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-D2H = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
 N, T, C = cb.CUBLAS_OP_N, cb.CUBLAS_OP_T, cb.CUBLAS_OP_C
-WAIT = 10.0
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12),
        np.float16: dict(rtol=2e-3, atol=2e-3)}
+pytestmark = pytest.mark.usefixtures("clean_library_device")
 
 
 # -- helpers -----------------------------------------------------------------------------------------
 
-def ok(result):
-    """Assert a call succeeded; return its results (one value or a tuple)."""
-    assert result[0] == 0, (result, cb.last_status_detail())
-    return result[1] if len(result) == 2 else result[1:]
-
-
-def upload(array: np.ndarray) -> int:
-    """Device memory holding ``array``'s bytes in Fortran (column-major) order."""
-    data = np.asfortranarray(array)
-    ptr = ok(rt.cudaMalloc(max(data.nbytes, 1)))
-    ok(rt.cudaMemcpy(ptr, data.reshape(-1, order="F"), data.nbytes, H2D))
-    return ptr
-
-
-def download(ptr: int, shape, dtype) -> np.ndarray:
-    """The column-major ``shape`` array of ``dtype`` at ``ptr`` (synchronizes first)."""
-    ok(rt.cudaDeviceSynchronize())
-    out = np.empty(int(np.prod(shape)), dtype)
-    ok(rt.cudaMemcpy(out, ptr, out.nbytes, D2H))
-    return out.reshape(shape, order="F")
-
-
-class Gate:
-    """A host function that holds its stream until released."""
-
-    def __init__(self, stream):
-        self.release = threading.Event()
-        ok(rt.cudaLaunchHostFunc(stream, lambda _: self.release.wait(WAIT), None))
-
-    def open_after(self, seconds: float) -> threading.Thread:
-        t = threading.Thread(target=lambda: (time.sleep(seconds), self.release.set()))
-        t.start()
-        return t
-
-
-@pytest.fixture(autouse=True)
-def clean_device():
-    yield
-    if _context.current_device().sticky is not None:
-        rt.cudaDeviceReset()
-    rt.cudaDeviceSynchronize()
-
-
-@pytest.fixture
-def handle():
-    h = ok(cb.cublasCreate())
-    yield h
-    if not h.destroyed:
-        ok(cb.cublasDestroy(h))
+ok = library_ok(cb.last_status_detail)
+# cuBLAS is column-major: host arrays go to and come from the device in Fortran order.
+upload = functools.partial(facade_helpers.upload, order="F")
+download = functools.partial(facade_helpers.download, order="F")
+handle = handle_fixture(cb.cublasCreate, cb.cublasDestroy, ok)
 
 
 @pytest.fixture
 def stream():
-    s = ok(rt.cudaStreamCreate())
-    yield s
-    rt.cudaStreamDestroy(s)
+    """A fresh stream, destroyed after the test without the synchronize of conftest's."""
+    yield from fresh_stream(synchronize=False)
 
 
 def rand(rng, shape, dtype):

@@ -13,47 +13,28 @@ import threading
 
 import numpy as np
 import pytest
+from facade_helpers import D2H, WAIT, download, handle_fixture, library_ok, upload
+from facade_helpers import StreamGate as Gate
 
 import streamq
-from streamq.cuda_facade import _context
 from streamq.cuda_facade import cudnn as dnn
 from streamq.cuda_facade import runtime as rt
 
 S = dnn.cudnnStatus_t
 OK, BAD, UNSUPPORTED = S.CUDNN_STATUS_SUCCESS, S.CUDNN_STATUS_BAD_PARAM, S.CUDNN_STATUS_NOT_SUPPORTED
-H2D = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-D2H = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
 F32, F64, F16 = dnn.CUDNN_DATA_FLOAT, dnn.CUDNN_DATA_DOUBLE, dnn.CUDNN_DATA_HALF
 NCHW, NHWC = dnn.CUDNN_TENSOR_NCHW, dnn.CUDNN_TENSOR_NHWC
 DTYPES = {F32: np.float32, F64: np.float64, F16: np.float16}
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float64: dict(rtol=1e-11, atol=1e-11),
        np.float16: dict(rtol=5e-3, atol=5e-3)}
-WAIT = 10.0
+pytestmark = pytest.mark.usefixtures("clean_library_device")
 FWD_ALGO = dnn.CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
-def ok(result):
-    """Assert a call succeeded; return its results (one value or a tuple)."""
-    assert result[0] == OK, (result, dnn.last_status_detail())
-    return result[1] if len(result) == 2 else result[1:]
-
-
-def upload(array: np.ndarray) -> int:
-    """Device memory holding ``array``'s bytes in C order."""
-    data = np.ascontiguousarray(array)
-    ptr = ok(rt.cudaMalloc(max(data.nbytes, 1)))
-    ok(rt.cudaMemcpy(ptr, data.reshape(-1), data.nbytes, H2D))
-    return ptr
-
-
-def download(ptr: int, shape, dtype) -> np.ndarray:
-    """The C-order ``shape`` array at ``ptr`` (synchronizes the device first)."""
-    ok(rt.cudaDeviceSynchronize())
-    out = np.empty(shape, dtype)
-    ok(rt.cudaMemcpy(out.reshape(-1), ptr, out.nbytes, D2H))
-    return out
+ok = library_ok(dnn.last_status_detail)
+handle = handle_fixture(dnn.cudnnCreate, dnn.cudnnDestroy, ok)
 
 
 def tensor(shape, dtype=F32, fmt=NCHW):
@@ -79,30 +60,6 @@ def conv_desc(pad=(0, 0), stride=(1, 1), dilation=(1, 1), mode=dnn.CUDNN_CROSS_C
 
 def nhwc(x):
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-
-
-@pytest.fixture(autouse=True)
-def clean_device():
-    yield
-    if _context.current_device().sticky is not None:
-        rt.cudaDeviceReset()
-    rt.cudaDeviceSynchronize()
-
-
-@pytest.fixture
-def handle():
-    h = ok(dnn.cudnnCreate())
-    yield h
-    if not h.destroyed:
-        ok(dnn.cudnnDestroy(h))
-
-
-class Gate:
-    """A host function that holds ``stream`` until released."""
-
-    def __init__(self, stream):
-        self.release = threading.Event()
-        ok(rt.cudaLaunchHostFunc(stream, lambda _: self.release.wait(WAIT), None))
 
 
 # -- float64 references --------------------------------------------------------------------------------

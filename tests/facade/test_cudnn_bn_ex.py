@@ -13,39 +13,23 @@ import json
 
 import numpy as np
 import pytest
+from facade_helpers import H2D, download, handle_fixture, library_ok, upload
 
 import streamq
-from streamq.cuda_facade import _context
 from streamq.cuda_facade import cudnn as dnn
 from streamq.cuda_facade import runtime as rt
 
 S = dnn.cudnnStatus_t
 OK, BAD, UNSUPPORTED = S.CUDNN_STATUS_SUCCESS, S.CUDNN_STATUS_BAD_PARAM, S.CUDNN_STATUS_NOT_SUPPORTED
-H2D = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-D2H = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
 BN, BN_ACT, BN_ADD_ACT = (dnn.CUDNN_BATCHNORM_OPS_BN, dnn.CUDNN_BATCHNORM_OPS_BN_ACTIVATION,
                           dnn.CUDNN_BATCHNORM_OPS_BN_ADD_ACTIVATION)
 SPATIAL, PER_ACT = dnn.CUDNN_BATCHNORM_SPATIAL, dnn.CUDNN_BATCHNORM_PER_ACTIVATION
 EPS, FACTOR = 1e-3, 0.25
+pytestmark = pytest.mark.usefixtures("clean_library_device")
 
 
-def ok(result):
-    assert result[0] == OK, (result, dnn.last_status_detail())
-    return result[1] if len(result) == 2 else result[1:]
-
-
-def upload(array):
-    data = np.ascontiguousarray(array)
-    ptr = ok(rt.cudaMalloc(max(data.nbytes, 1)))
-    ok(rt.cudaMemcpy(ptr, data.reshape(-1), data.nbytes, H2D))
-    return ptr
-
-
-def download(ptr, shape, dtype):
-    ok(rt.cudaDeviceSynchronize())
-    out = np.empty(shape, dtype)
-    ok(rt.cudaMemcpy(out.reshape(-1), ptr, out.nbytes, D2H))
-    return out
+ok = library_ok(dnn.last_status_detail)
+handle = handle_fixture(dnn.cudnnCreate, dnn.cudnnDestroy, ok)
 
 
 def tensor(shape, dtype=dnn.CUDNN_DATA_FLOAT):
@@ -58,21 +42,6 @@ def activation(mode=dnn.CUDNN_ACTIVATION_RELU):
     desc = ok(dnn.cudnnCreateActivationDescriptor())
     ok(dnn.cudnnSetActivationDescriptor(desc, mode, dnn.CUDNN_NOT_PROPAGATE_NAN, 0.0))
     return desc
-
-
-@pytest.fixture(autouse=True)
-def clean_device():
-    yield
-    if _context.current_device().sticky is not None:
-        rt.cudaDeviceReset()
-    rt.cudaDeviceSynchronize()
-
-
-@pytest.fixture
-def handle():
-    h = ok(dnn.cudnnCreate())
-    yield h
-    ok(dnn.cudnnDestroy(h))
 
 
 class Problem:

@@ -5,27 +5,19 @@ import threading
 import time
 
 import pytest
+from facade_helpers import WAIT, ok
 
 import streamq
 from streamq.cuda_facade import runtime as rt
 
 E = rt.cudaError_t
 A = rt.cudaDeviceAttr
-WAIT = 10.0
-
-
-def ok(result):
-    assert result[0] == E.cudaSuccess, result
-    return result[1] if len(result) == 2 else (result[1:] or None)
 
 
 @pytest.fixture(autouse=True)
-def clean_device():
+def back_to_device_0(clean_device):
     yield
-    rt.cudaSetDevice(0)
-    if streamq.cuda_facade._context.current_device().sticky is not None:
-        rt.cudaDeviceReset()
-    rt.cudaGetLastError()
+    rt.cudaSetDevice(0)     # before clean_device's checks, which look at the current device
 
 
 def node_memory(node):

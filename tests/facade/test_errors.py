@@ -4,27 +4,19 @@ import threading
 import traceback
 
 import pytest
+from facade_helpers import WAIT, ok
 
 import streamq
 from streamq import cuda_facade
 from streamq.cuda_facade import runtime as rt
 
 E = rt.cudaError_t
-WAIT = 10.0
-
-
-def ok(result):
-    assert result[0] == E.cudaSuccess, result
-    return result[1] if len(result) == 2 else (result[1:] or None)
 
 
 @pytest.fixture(autouse=True)
-def clean_device():
+def no_last_error(clean_device):
     rt.cudaGetLastError()
     yield
-    if streamq.cuda_facade._context.current_device().sticky is not None:
-        rt.cudaDeviceReset()
-    rt.cudaGetLastError()
 
 
 def test_get_last_error_returns_and_resets_peek_does_not():

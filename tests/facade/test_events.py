@@ -5,49 +5,13 @@ import threading
 import time
 
 import pytest
+from facade_helpers import WAIT, Gate, ok
 
 import streamq
 from streamq.cuda_facade import runtime as rt
 
 E = rt.cudaError_t
-WAIT = 10.0
-
-
-def ok(result):
-    assert result[0] == E.cudaSuccess, result
-    return result[1] if len(result) == 2 else (result[1:] or None)
-
-
-@pytest.fixture(autouse=True)
-def clean_device():
-    yield
-    if streamq.cuda_facade._context.current_device().sticky is not None:
-        rt.cudaDeviceReset()
-    rt.cudaGetLastError()
-
-
-class Gate:
-    def __init__(self):
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, _data=None):
-        self.started.set()
-        assert self.release.wait(WAIT), "gate never released"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release.set()
-
-
-@pytest.fixture
-def stream():
-    s = ok(rt.cudaStreamCreate())
-    yield s
-    rt.cudaStreamSynchronize(s)
-    rt.cudaStreamDestroy(s)
+pytestmark = pytest.mark.usefixtures("clean_device")
 
 
 def test_unrecorded_event_is_complete():

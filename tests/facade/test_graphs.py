@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from facade_helpers import WAIT, fresh_stream, ok
 
 import streamq
 from streamq.cuda_facade import device_array, runtime as rt, to_device
@@ -13,29 +14,20 @@ from streamq.cuda_facade import device_array, runtime as rt, to_device
 E = rt.cudaError_t
 Mode = rt.cudaStreamCaptureMode
 Status = rt.cudaStreamCaptureStatus
-WAIT = 10.0
-
-
-def ok(result):
-    assert result[0] == E.cudaSuccess, result
-    return result[1] if len(result) == 2 else (result[1:] or None)
 
 
 @pytest.fixture(autouse=True)
-def clean_device():
+def end_captures(clean_device):
     yield
     rt.cudaThreadExchangeStreamCaptureMode(Mode.cudaStreamCaptureModeGlobal)
-    dev = streamq.cuda_facade._context.current_device()
-    if dev.sticky is not None or dev.captures:
+    if streamq.cuda_facade._context.current_device().captures:
         rt.cudaDeviceReset()
-    rt.cudaGetLastError()
 
 
 @pytest.fixture
 def stream():
-    s = ok(rt.cudaStreamCreate())
-    yield s
-    rt.cudaStreamDestroy(s)
+    """A fresh stream, destroyed after the test without the synchronize of conftest's."""
+    yield from fresh_stream(synchronize=False)
 
 
 def appender(log, item):

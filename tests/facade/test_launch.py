@@ -5,33 +5,13 @@ import threading
 
 import numpy as np
 import pytest
+from facade_helpers import ok
 
 import streamq
 from streamq.cuda_facade import device_array, runtime as rt, to_device
 
 E = rt.cudaError_t
-WAIT = 10.0
-
-
-def ok(result):
-    assert result[0] == E.cudaSuccess, result
-    return result[1] if len(result) == 2 else (result[1:] or None)
-
-
-@pytest.fixture(autouse=True)
-def clean_device():
-    yield
-    if streamq.cuda_facade._context.current_device().sticky is not None:
-        rt.cudaDeviceReset()
-    rt.cudaGetLastError()
-
-
-@pytest.fixture
-def stream():
-    s = ok(rt.cudaStreamCreate())
-    yield s
-    rt.cudaStreamSynchronize(s)
-    rt.cudaStreamDestroy(s)
+pytestmark = pytest.mark.usefixtures("clean_device")
 
 
 def test_registry_op_computes_into_device_memory(stream):

@@ -9,44 +9,13 @@ import threading
 import time
 
 import pytest
+from facade_helpers import WAIT, Gate, ok
 
 import streamq
 from streamq.cuda_facade import runtime as rt
 
 E = rt.cudaError_t
-WAIT = 10.0  # seconds any gate or completion may take before a test fails
-
-
-def ok(result):
-    """Assert a facade call succeeded; return its results (one value, a tuple, or None)."""
-    assert result[0] == E.cudaSuccess, result
-    return result[1] if len(result) == 2 else (result[1:] or None)
-
-
-@pytest.fixture(autouse=True)
-def clean_device():
-    yield
-    if streamq.cuda_facade._context.current_device().sticky is not None:
-        rt.cudaDeviceReset()
-    rt.cudaGetLastError()
-
-
-class Gate:
-    """A host function that blocks its stream until released (always released at the end)."""
-
-    def __init__(self):
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, _data=None):
-        self.started.set()
-        assert self.release.wait(WAIT), "gate never released"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release.set()
+pytestmark = pytest.mark.usefixtures("clean_device")
 
 
 def recorder(log, name):
