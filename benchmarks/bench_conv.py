@@ -35,7 +35,8 @@ and after each batch size.
 separately on ``PASS_LAYERS`` (the task list of ResNet-50 shapes), in one
 process, round-robin between ours (numba provider), ours "legacy" (the same
 with Winograd and the phase-split strided im2col switched off: the engine
-before them) and torch oneDNN NCHW at 2 threads; run it with the tuned-malloc
+before them; with ``--legacy winograd4`` only Winograd F(4x4, 3x3) is switched
+off) and torch oneDNN NCHW at 2 threads (``--threads``); run it with the tuned-malloc
 environment so torch is not penalised by page faults::
 
     MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 \\
@@ -375,18 +376,26 @@ PASS_LAYERS = [0, 2, 6, 10, 12, 16, 18, 22, 1, 3, 4, 9]
 PASSES = ("forward", "backward_data", "backward_filter")
 
 
+#: What the "legacy" engine of --passes switches off: "all" (Winograd, F(2x2) and
+#: F(4x4), and the phase-split strided im2col: the engine before them) or
+#: "winograd4" (only F(4x4, 3x3): the engine before it). Set by --legacy.
+LEGACY = "all"
+
+
 @contextlib.contextmanager
 def legacy_engine(on: bool):
-    """Within the block, run the numba provider without Winograd and the phase-split im2col."""
-    from streamq.kernels import _conv_numba, _conv_winograd
-    saved = _conv_winograd.applies, _conv_numba.im2col_strided
+    """Within the block, run the numba provider without the paths :data:`LEGACY` names."""
+    from streamq.kernels import _conv_numba, _conv_winograd, _conv_winograd4
+    saved = _conv_winograd.applies, _conv_winograd4.applies, _conv_numba.im2col_strided
     if on:
-        _conv_winograd.applies = lambda g: False
-        _conv_numba.im2col_strided = _conv_numba.im2col
+        _conv_winograd4.applies = lambda g: False
+        if LEGACY == "all":
+            _conv_winograd.applies = lambda g: False
+            _conv_numba.im2col_strided = _conv_numba.im2col
     try:
         yield
     finally:
-        _conv_winograd.applies, _conv_numba.im2col_strided = saved
+        _conv_winograd.applies, _conv_winograd4.applies, _conv_numba.im2col_strided = saved
 
 
 def pass_fns(layer, n):
@@ -480,7 +489,12 @@ def main():
                          "PASS_LAYERS shapes: ours vs ours legacy vs torch, in-process")
     ap.add_argument("--threads", type=int, default=THREADS,
                     help="threads of every contender in --passes mode")
+    ap.add_argument("--legacy", choices=["all", "winograd4"], default="all",
+                    help="--passes: what the legacy engine switches off (all: Winograd and the "
+                         "phase-split im2col; winograd4: only Winograd F(4x4, 3x3))")
     args = ap.parse_args()
+    global LEGACY
+    LEGACY = args.legacy
     if args.torch_worker:
         torch_worker()
         return

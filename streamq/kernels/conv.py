@@ -26,8 +26,8 @@ parameter, before anything is written.
 Providers: ``reference`` (numpy einsum over a padded sliding-window view, the
 oracle), ``blas`` (the GEMM engine of ``_conv_fast`` with im2col/col2im by
 numpy slicing), ``numba`` (the same engine with im2col/col2im by numba
-kernels, plus Winograd F(2x2, 3x3) for wide 3x3 stride-1 layers in float32
-(``_conv_winograd``), direct numba loops for depthwise convolution and the bias
+kernels, plus Winograd F(2x2, 3x3) / F(4x4, 3x3) for wide 3x3 stride-1 layers in
+float32 (``_conv_winograd``, ``_conv_winograd4``), direct numba loops for depthwise convolution and the bias
 reduction). The engine runs images (or blocks of them) as parallel work items
 on as many threads as OpenBLAS uses, each with single-threaded GEMMs.
 """

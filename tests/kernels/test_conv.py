@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import streamq.kernels as kernels
-from streamq.kernels import _conv_fast, _conv_gemm, _conv_winograd, conv
+from streamq.kernels import _conv_fast, _conv_gemm, _conv_winograd, _conv_winograd4, conv
 
 FWD = "cudnn.convolution_forward"
 BWD_DATA = "cudnn.convolution_backward_data"
@@ -119,9 +119,21 @@ PATHS = {
     "pointwise_bands": dict(POINTWISE_MIN_COLS=1, THREADS=3),
     # Winograd F(2x2, 3x3) for every 3x3 stride-1 case (numba provider), whole
     # images per block or bands of tile rows.
-    "winograd": dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_MAX_TILE_WASTE=10, THREADS=3),
+    "winograd": dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_MAX_TILE_WASTE=10,
+                     WINOGRAD4_MAX_TILE_WASTE=0, THREADS=3),
     "winograd_bands": dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_MAX_TILE_WASTE=10,
-                           WINOGRAD_BLOCK_ELEMS=40, THREADS=3),
+                           WINOGRAD4_MAX_TILE_WASTE=0, WINOGRAD_BLOCK_ELEMS=40, THREADS=3),
+    # Filter gradient split by input channels over the threads (small images), one column
+    # chunk per slice or several (accumulated with beta = 1).
+    "filter_split": dict(FILTER_SPLIT_MAX_PIXELS=10**9, FILTER_SPLIT_MIN_ELEMS=0,
+                         FILTER_SPLIT_MIN_ROWS=1, THREADS=3),
+    "filter_split_chunks": dict(FILTER_SPLIT_MAX_PIXELS=10**9, FILTER_SPLIT_MIN_ELEMS=0,
+                                FILTER_SPLIT_MIN_ROWS=1, COL_BLOCK_ELEMS=40, THREADS=3),
+    # Winograd F(4x4, 3x3) for all three passes, whole images per block or bands of tile rows.
+    "winograd4": dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_MAX_TILE_WASTE=10,
+                      WINOGRAD4_MAX_TILE_WASTE=10, THREADS=3),
+    "winograd4_bands": dict(WINOGRAD_MIN_CHANNELS=1, WINOGRAD_MAX_TILE_WASTE=10,
+                            WINOGRAD4_MAX_TILE_WASTE=10, WINOGRAD4_BLOCK_ELEMS=40, THREADS=3),
 }
 
 
@@ -131,6 +143,8 @@ def _module_of(name):
         return _conv_gemm, name
     if name.startswith("WINOGRAD_"):
         return _conv_winograd, name[len("WINOGRAD_"):]
+    if name.startswith("WINOGRAD4_"):
+        return _conv_winograd4, name[len("WINOGRAD4_"):]
     return _conv_fast, name
 
 
@@ -808,6 +822,10 @@ def test_forward_path_choice_on_resnet_shapes():
     assert not _conv_winograd.applies(_geo(8, 128, 56, 56, 128, 3, 3, pad=1, stride=2))
     assert not _conv_winograd.applies(_geo(8, 3, 224, 224, 64, 7, 7, pad=3, stride=2))
     assert not _conv_winograd.applies(_geo(8, 8, 14, 14, 64, 3, 3, pad=1))  # too few channels
+    # F(4x4, 3x3) for 56x56 (14x15 tiles incl. the junk column: 1.07x) and 28x28 (1.14x) only.
+    assert _conv_winograd4.applies(_geo(8, 64, 56, 56, 64, 3, 3, pad=1))
+    assert _conv_winograd4.applies(_geo(8, 128, 28, 28, 128, 3, 3, pad=1))
+    assert not _conv_winograd4.applies(_geo(8, 256, 14, 14, 256, 3, 3, pad=1))  # 1.63x
     assert _conv_fast.use_shift(_geo(8, 64, 56, 56, 64, 3, 3, pad=1))          # L = 3246
     assert _conv_fast.use_shift(_geo(8, 256, 56, 56, 512, 1, 1, stride=2))     # one phase, 784 columns
     assert not _conv_fast.use_shift(_geo(8, 128, 28, 28, 128, 3, 3, pad=1))   # L = 838 < 2048
@@ -815,6 +833,14 @@ def test_forward_path_choice_on_resnet_shapes():
     assert not _conv_fast.use_shift(_geo(8, 1024, 14, 14, 2048, 1, 1, stride=2))  # 49 columns
     assert not _conv_fast.use_shift(_geo(8, 3, 224, 224, 64, 7, 7, pad=3, stride=2))
     assert not _conv_fast.use_shift(_geo(8, 64, 56, 56, 64, 1, 1))             # plain pointwise
+    # Filter gradient split by channels: small images with a large gradient, threads > 1.
+    assert _conv_fast.use_filter_split(_geo(16, 512, 7, 7, 512, 3, 3, pad=1), 2)
+    assert _conv_fast.use_filter_split(_geo(16, 512, 14, 14, 512, 3, 3, pad=1, stride=2), 2)
+    assert _conv_fast.use_filter_split(_geo(16, 2048, 7, 7, 512, 1, 1), 2)
+    assert not _conv_fast.use_filter_split(_geo(16, 2048, 7, 7, 512, 1, 1), 1)
+    assert not _conv_fast.use_filter_split(_geo(16, 512, 7, 7, 2048, 1, 1), 2)  # dy > slice
+    assert not _conv_fast.use_filter_split(_geo(16, 1024, 14, 14, 256, 1, 1), 2)  # 1 MiB
+    assert not _conv_fast.use_filter_split(_geo(16, 512, 28, 28, 2048, 1, 1), 2)  # 784 pixels
 
 
 # --------------------------------------------------------------------------- #
@@ -920,3 +946,132 @@ def test_strided_im2col_matches_the_plain_kernel():
             _conv_numba.im2col_strided(x, got, *args)
             np.testing.assert_array_equal(got, want)
             assert not np.isnan(got).any()
+
+
+# --------------------------------------------------------------------------- #
+# Winograd F(4x4, 3x3)
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("pad", [0, 1, 2])
+@pytest.mark.parametrize("block_elems", [None, 40])
+def test_winograd4_all_passes(dtype, pad, block_elems, monkeypatch):
+    """All three passes take F(4x4, 3x3) where its tiles fit (forced here for small odd-sized
+    images, whole images or bands of tile rows per block) and match the float64 reference
+    with alpha/beta into strided outputs, both modes, groups, batch 1; float64 keeps the
+    direct GEMM."""
+    calls, grads = [], []
+    real, real_bf = _conv_winograd4.forward, _conv_winograd4.backward_filter
+
+    def spy(*args):
+        calls.append(args[3])
+        return real(*args)
+
+    def spy_bf(*args):
+        grads.append(args[3])
+        return real_bf(*args)
+
+    monkeypatch.setattr(_conv_winograd4, "forward", spy)
+    monkeypatch.setattr(_conv_winograd4, "backward_filter", spy_bf)
+    monkeypatch.setattr(_conv_winograd, "MAX_TILE_WASTE", 10)
+    monkeypatch.setattr(_conv_winograd4, "MAX_TILE_WASTE", 10)
+    if block_elems:
+        monkeypatch.setattr(_conv_winograd4, "BLOCK_ELEMS", block_elems)
+    monkeypatch.setattr(_conv_gemm, "THREADS", 3)
+    rng = np.random.default_rng(24)
+    cases = (dict(x=(3, 16, 13, 10), w=(24, 16, 3, 3), pad=pad),
+             dict(x=(1, 32, 9, 15), w=(32, 16, 3, 3), pad=(pad, 1), groups=2,
+                  mode="convolution"),
+             dict(x=(2, 16, 4, 3), w=(16, 16, 3, 3), pad=(2, 2)))  # one tile, mostly padding
+    for case in cases:
+        x, w, dy, params = make(rng, case, dtype)
+        for op in CONV_OPS:
+            want = run_op(op, "reference", *(a.astype(np.float64) for a in (x, w, dy)), params)
+            assert_close(run_op(op, "numba", x, w, dy, params), want, dtype)
+            prior = rng.uniform(-1, 1, want.shape).astype(dtype)
+            out = np.empty(want.shape[:-1] + (2 * want.shape[-1],), dtype)[..., ::2]  # strided
+            out[...] = prior
+            got = run_op(op, "numba", x, w, dy, params, out=out, alpha=-0.5, beta=2.0)
+            assert_close(got, -0.5 * want + 2.0 * prior.astype(np.float64), dtype)
+    assert len(calls) == 4 * len(cases)  # forward and backward data, twice each
+    assert len(grads) == 2 * len(cases)
+    assert (calls[2].C, calls[2].K) == (24, 16)  # backward data: dy (K channels) -> dx (C)
+    n = len(calls)
+    x, w, dy = (a.astype(np.float64) for a in (x, w, dy))
+    for op in CONV_OPS:
+        run_op(op, "numba", x, w, dy, params)
+    assert len(calls) == n and len(grads) == 2 * len(cases)
+
+
+def test_winograd4_filter_gradient_is_the_adjoint_of_the_filter_transform():
+    """<G g G^T, dU> == <g, G^T dU G> for random g and dU (float64 transforms)."""
+    rng = np.random.default_rng(25)
+    g = rng.standard_normal((70, 9)).astype(np.float32)  # more than one chunk of 64 filters
+    du = rng.standard_normal((36, 70)).astype(np.float32)
+    u = np.empty((36, 70), np.float32)  # the engine's dtypes (see the test above)
+    _conv_winograd4._filter_transform(g, u)
+    dg = np.empty((70, 9))
+    _conv_winograd4._filter_gradient(du, _conv_winograd4.G, dg)
+    lhs = np.sum(u.astype(np.float64) * du, axis=0)
+    np.testing.assert_allclose(lhs, np.sum(g.astype(np.float64) * dg, axis=1),
+                               rtol=1e-5, atol=1e-5 * np.abs(lhs).max())
+
+
+def test_winograd4_filter_transform_hand_computed():
+    """U = G g G^T for a filter of ones: G @ (1, 1, 1) = (1/4, -1/2, -1/6, 7/24, 1/8, 1)."""
+    # float32, the one dtype the engine compiles these kernels for (a second would cost a
+    # cold numba compile): the float64 products are rounded once into float32.
+    u = _conv_winograd4.transform_filters(np.ones((1, 1, 3, 3), np.float32), np.float32)
+    col = np.array([1 / 4, -1 / 2, -1 / 6, 7 / 24, 1 / 8, 1.0])
+    np.testing.assert_allclose(u.reshape(6, 6), np.outer(col, col), rtol=1e-7, atol=0)
+
+
+def test_winograd4_single_tile_hand_computed():
+    """A 6x6 input of ones with a 3x3 filter of ones, no padding: every output is 9."""
+    y = np.full((1, 1, 4, 4), np.nan, np.float32)
+    g = conv._geometry("x", (1, 1, 6, 6), "w", (1, 1, 3, 3), 0, 1, 1, 1)
+    _conv_winograd4.forward(np.ones((1, 1, 6, 6), np.float32), np.ones((1, 1, 3, 3), np.float32),
+                            y, g, 1.0, 0.0)
+    np.testing.assert_allclose(y, 9.0, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# Filter gradient split by input channels
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("provider", FAST)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_filter_split_matches_reference(provider, dtype, monkeypatch):
+    """The channel-split filter gradient (forced for small shapes, 2 and 3 threads, one or
+    several column chunks) matches the float64 reference: padding, strides, groups, flipped
+    mode, batch 1, a 1x1 layer, alpha/beta into a strided output."""
+    used = []
+    real = _conv_fast._filter_split
+
+    def spy(*args):
+        used.append(args[4])
+        return real(*args)
+
+    monkeypatch.setattr(_conv_fast, "_filter_split", spy)
+    monkeypatch.setattr(_conv_fast, "FILTER_SPLIT_MAX_PIXELS", 10**9)
+    monkeypatch.setattr(_conv_fast, "FILTER_SPLIT_MIN_ELEMS", 0)
+    monkeypatch.setattr(_conv_fast, "FILTER_SPLIT_MIN_ROWS", 1)
+    rng = np.random.default_rng(26)
+    cases = (dict(x=(3, 7, 9, 8), w=(4, 7, 3, 3), pad=1, stride=2),
+             dict(x=(1, 6, 5, 7), w=(4, 3, 3, 2), pad=(2, 0), groups=2, mode="convolution"),
+             dict(x=(2, 9, 6, 5), w=(3, 9, 1, 1)))
+    for threads, block in ((2, None), (3, 40)):
+        monkeypatch.setattr(_conv_gemm, "THREADS", threads)
+        if block:
+            monkeypatch.setattr(_conv_fast, "COL_BLOCK_ELEMS", block)
+        for case in cases:
+            x, w, dy, params = make(rng, case, dtype)
+            want = run_op(BWD_FILTER, "reference", *(a.astype(np.float64) for a in (x, w, dy)),
+                          params)
+            assert_close(run_op(BWD_FILTER, provider, x, w, dy, params), want, dtype)
+            prior = rng.uniform(-1, 1, want.shape).astype(dtype)
+            out = np.empty(want.shape[:-1] + (2 * want.shape[-1],), dtype)[..., ::2]
+            out[...] = prior
+            got = run_op(BWD_FILTER, provider, x, w, dy, params, out=out, alpha=0.5, beta=-1.0)
+            assert_close(got, 0.5 * want - prior.astype(np.float64), dtype)
+    assert len(used) == 2 * 2 * len(cases)
