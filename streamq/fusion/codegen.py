@@ -42,11 +42,9 @@ CHUNK = 16384
 _OPTIONS = 'cache=True, nogil=True, fastmath=False, error_model="numpy"'
 
 _HELPER_IMPORTS = {
-    "aten_vexp": ("streamq.kernels._aten_jit", "vexp"),
-    "aten_vtanh": ("streamq.kernels._aten_jit", "vtanh"),
-    "dnn_vexp": ("streamq.kernels._dnn_common", "vexp"),
-    "dnn_vtanh": ("streamq.kernels._dnn_common", "vtanh"),
-    "dnn_vexpm1": ("streamq.kernels._dnn_common", "vexpm1"),
+    "vmath_sigmoid": ("streamq.kernels._vmath", "vsigmoid"),
+    "vmath_tanh": ("streamq.kernels._vmath", "vtanh"),
+    "vmath_expm1_neg": ("streamq.kernels._vmath", "vexpm1_neg"),
 }
 
 

@@ -20,9 +20,9 @@ values (``{0}``, ``{1}``, ...), temporaries (``{t0}`` ...) and the result
 ``{r}``, written as the numba provider computes the op, in the op's dtype, so
 every intermediate is rounded to that dtype after every operation. ``ONE`` and
 ``ZERO`` are constants of the step's dtype in the generated module; the
-transcendental helpers are the numba provider's own (``aten_vexp``,
-``aten_vtanh`` from ``streamq.kernels._aten_jit``; ``dnn_vexp``, ``dnn_vtanh``,
-``dnn_vexpm1`` from ``streamq.kernels._dnn_common``).
+transcendental helpers are the numba provider's own (``vmath_sigmoid``,
+``vmath_tanh``, ``vmath_expm1_neg``: ``vsigmoid``, ``vtanh``, ``vexpm1_neg`` from
+``streamq.kernels._vmath``).
 
 ``aten::sigmoid``/``aten::tanh`` (and their ``_`` forms) are fused only where
 the unfused numba provider runs its own kernel (same-shape C-contiguous
@@ -169,8 +169,8 @@ _DIV = ("{r} = {0} / {1}",)
 _RELU = ("{r} = ZERO if {0} <= ZERO else {0}",)
 _THRESHOLD = ("{r} = {2} if {0} <= {1} else {0}",)
 _THRESHOLD_BW = ("{r} = ZERO if {1} <= {2} else {0}",)
-_SIGMOID = ("{r} = ONE / (ONE + aten_vexp(-{0}))",)
-_TANH = ("{r} = aten_vtanh({0})",)
+_SIGMOID = ("{r} = vmath_sigmoid({0})",)
+_TANH = ("{r} = vmath_tanh({0})",)
 _SIGMOID_BW = ("{r} = {0} * (ONE - {1}) * {1}",)
 _TANH_BW = ("{r} = {0} * (ONE - {1} * {1})",)
 
@@ -340,11 +340,11 @@ def _tanh_backward(grad_output, output, *, out):
 
 _ACT_FORWARD = {
     "relu": ("{t0} = {0} if not ({0} <= ZERO) else ZERO",),
-    "sigmoid": ("{t0} = ONE / (ONE + dnn_vexp(-{0}))",),
-    "tanh": ("{t0} = dnn_vtanh({0})",),
+    "sigmoid": ("{t0} = vmath_sigmoid({0})",),
+    "tanh": ("{t0} = vmath_tanh({0})",),
     "clipped_relu": ("{t0} = ZERO if {0} <= ZERO else ({2} if {0} >= {2} else {0})",),
-    "elu": ("{t0} = {0} if {0} > ZERO else {2} * dnn_vexpm1({0})",),
-    "swish": ("{t0} = {0} * (ONE / (ONE + dnn_vexp(-{2} * {0})))",),
+    "elu": ("{t0} = {0} if {0} > ZERO else {2} * vmath_expm1_neg({0})",),
+    "swish": ("{t0} = {0} * vmath_sigmoid({2} * {0})",),
     "identity": ("{t0} = {0}",),
 }
 _OP_TENSOR = {
@@ -439,7 +439,7 @@ _PARSERS: dict[str, Callable] = {
 #: Every op name :func:`parse` may accept.
 FUSABLE_OPS: frozenset = frozenset(_PARSERS)
 
-_HELPERS = ("aten_vexp", "aten_vtanh", "dnn_vexp", "dnn_vtanh", "dnn_vexpm1")
+_HELPERS = ("vmath_sigmoid", "vmath_tanh", "vmath_expm1_neg")
 
 
 def _impl_in_force(op: str):

@@ -13,7 +13,8 @@ while the order of operations stays fixed and deterministic. ``exp`` from libm
 is not vectorisable either, so :func:`vexp` is a Cephes-style range reduction
 plus polynomial built only from vectorisable operations (2**n is made by
 writing the exponent bits directly), accurate to ~1 ulp in float32 and ~2 ulp
-in float64, with inf/NaN/underflow handled as libm does.
+in float64, with inf/NaN/underflow handled as libm does. sigmoid and tanh use
+``vsigmoid``/``vtanh`` from :mod:`._vmath` (sign-split, nothing overflows).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from . import _dnn_common  # noqa: F401
+from ._vmath import vsigmoid, vtanh
 
 LANES = 16
 _JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
@@ -62,7 +64,7 @@ _E32_HI, _E32_LO = _f4(88.72283), _f4(-103.97208)
 _E32_LOG2E, _E32_C1, _E32_C2 = _f4(1.4426950408889634), _f4(0.693359375), _f4(-2.12194440e-4)
 _E32_P = (_f4(1.9875691500e-4), _f4(1.3981999507e-3), _f4(8.3334519073e-3),
           _f4(4.1665795894e-2), _f4(1.6666665459e-1), _f4(5.0000001201e-1))
-_F4_HALF, _F4_ONE, _F4_TWO, _F4_INF = _f4(0.5), _f4(1.0), _f4(2.0), _f4(np.inf)
+_F4_HALF, _F4_ONE, _F4_INF = _f4(0.5), _f4(1.0), _f4(np.inf)
 # Adding then subtracting 1.5 * 2**(mantissa bits) rounds to the nearest integer
 # (|t| < 2**22 resp. 2**51) with plain arithmetic, which vectorises where
 # np.floor (a libm call) does not; fastmath is off, so LLVM keeps both operations.
@@ -130,50 +132,6 @@ def _vexp_overload(x):
         return lambda x: _vexp32(x)
     if x == types.float64:
         return lambda x: _vexp64(x)
-    return None
-
-
-_T32 = (_f4(-5.70498872745e-3), _f4(2.06390887954e-2), _f4(-5.37397155531e-2),
-        _f4(1.33314422036e-1), _f4(-3.33332819422e-1))
-_T_SMALL32 = _f4(0.625)
-_T64_P = (-9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3)
-_T64_Q = (1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3)
-
-
-@njit(inline="always", **_JIT)
-def _vtanh32(x):
-    z = x * x
-    small = ((((_T32[0] * z + _T32[1]) * z + _T32[2]) * z + _T32[3]) * z + _T32[4]) * z * x + x
-    ax = abs(x)
-    big = _F4_ONE - _F4_TWO / (_vexp32(_F4_TWO * ax) + _F4_ONE)
-    big = _sel(x >= 0, big, -big)
-    y = _sel(ax < _T_SMALL32, small, big)
-    return _sel(x != x, x, y)
-
-
-@njit(inline="always", **_JIT)
-def _vtanh64(x):
-    z = x * x
-    small = x + x * z * (((_T64_P[0] * z + _T64_P[1]) * z + _T64_P[2]) /
-                         (((z + _T64_Q[0]) * z + _T64_Q[1]) * z + _T64_Q[2]))
-    ax = abs(x)
-    big = 1.0 - 2.0 / (_vexp64(2.0 * ax) + 1.0)
-    big = _sel(x >= 0.0, big, -big)
-    y = _sel(ax < 0.625, small, big)
-    return _sel(x != x, x, y)
-
-
-def vtanh(x):
-    """tanh(x) in x's float type, vectorisable (numba only)."""
-    raise NotImplementedError("vtanh is only callable from numba code")
-
-
-@overload(vtanh, inline="always")
-def _vtanh_overload(x):
-    if x == types.float32:
-        return lambda x: _vtanh32(x)
-    if x == types.float64:
-        return lambda x: _vtanh64(x)
     return None
 
 
@@ -256,10 +214,9 @@ def threshold(x, th, value, out):
 
 @njit(**_JIT)
 def _unary_chunk(op, x, out):
-    one = out.dtype.type(1)
     if op == SIGMOID:
         for i in range(out.size):
-            out[i] = one / (one + vexp(-x[i]))
+            out[i] = vsigmoid(x[i])
     else:
         for i in range(out.size):
             out[i] = vtanh(x[i])

@@ -27,8 +27,9 @@ from numba import njit, prange
 
 from ._common import blend
 from ._dnn_common import quiet, JIT, JIT_PAR, K, check_array, check_choice, check_float, check_like, \
-    check_scalar, vexp, vexpm1, vtanh
+    check_scalar, vexp
 from ._dnn_elementwise import run_flat
+from ._vmath import vexpm1_neg, vsigmoid, vtanh
 from .registry import register
 
 MODES = ("relu", "sigmoid", "tanh", "clipped_relu", "elu", "swish", "identity")
@@ -141,7 +142,7 @@ def _fwd_sigmoid(x, y, coef, alpha, beta):
     one, zero = K(1.0, y), K(0.0, y)
     for i in range(y.size):
         xv = x[i]
-        v = alpha * (one / (one + vexp(-xv)))
+        v = alpha * vsigmoid(xv)
         if beta != 0:
             v += beta * y[i]
         y[i] = v
@@ -152,7 +153,7 @@ def _fwd_tanh(x, y, coef, alpha, beta):
     one, zero = K(1.0, y), K(0.0, y)
     for i in range(y.size):
         xv = x[i]
-        v = alpha * (vtanh(xv))
+        v = alpha * vtanh(xv)
         if beta != 0:
             v += beta * y[i]
         y[i] = v
@@ -174,7 +175,8 @@ def _fwd_elu(x, y, coef, alpha, beta):
     one, zero = K(1.0, y), K(0.0, y)
     for i in range(y.size):
         xv = x[i]
-        v = alpha * (xv if xv > zero else coef * vexpm1(xv))
+        # vexpm1_neg's value for x > 0 is discarded by the select
+        v = alpha * (xv if xv > zero else coef * vexpm1_neg(xv))
         if beta != 0:
             v += beta * y[i]
         y[i] = v
@@ -185,7 +187,7 @@ def _fwd_swish(x, y, coef, alpha, beta):
     one, zero = K(1.0, y), K(0.0, y)
     for i in range(y.size):
         xv = x[i]
-        v = alpha * (xv * (one / (one + vexp(-coef * xv))))
+        v = alpha * (xv * vsigmoid(coef * xv))
         if beta != 0:
             v += beta * y[i]
         y[i] = v
@@ -262,7 +264,7 @@ def _bwd_swish(y, dy, x, dx, coef, alpha, beta):
     one, zero = K(1.0, dx), K(0.0, dx)
     for i in range(dx.size):
         yv, g, xv = y[i], dy[i], x[i]
-        s = one / (one + vexp(-coef * xv))
+        s = vsigmoid(coef * xv)
         v = alpha * (g * (s + coef * xv * s * (one - s)))
         if beta != 0:
             v += beta * dx[i]

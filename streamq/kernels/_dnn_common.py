@@ -6,11 +6,11 @@ Private to ``pooling`` and ``dnn_ops``. Two halves:
   naming the offending parameter, so that no numba kernel ever sees an
   array it could index out of bounds.
 * ``@njit``-callable scalar math that LLVM can vectorise without fastmath:
-  ``vexp``, ``vexpm1``, ``vtanh`` (Cody-Waite range reduction plus a
-  polynomial, ~1 ulp in float32 and ~2 ulp in float64; results below the
-  smallest normal are flushed to 0) and ``K(c, arr)``, which turns a Python
-  constant into ``arr``'s dtype so one kernel source serves float32 and
-  float64 without silent promotion to float64.
+  ``vexp`` and ``vexp_le0`` (Cody-Waite range reduction plus a polynomial,
+  ~1 ulp in float32 and ~2 ulp in float64; results below the smallest normal
+  are flushed to 0; sigmoid, tanh and expm1 live in ``_vmath``) and
+  ``K(c, arr)``, which turns a Python constant into ``arr``'s dtype so one
+  kernel source serves float32 and float64 without silent promotion to float64.
 
 numba's own ``math.exp`` calls libm per element (no SVML here), which makes
 transcendental activations compute-bound; these versions vectorise to AVX2.
@@ -30,8 +30,7 @@ from numba.extending import intrinsic, overload
 from ._common import check_array, check_float
 
 __all__ = [
-    "JIT", "JIT_PAR", "K", "quiet", "serial_below", "SERIAL_BELOW", "vexp", "vexp_le0", "vexpm1",
-    "vtanh",
+    "JIT", "JIT_PAR", "K", "quiet", "serial_below", "SERIAL_BELOW", "vexp", "vexp_le0",
     "check_array", "check_float", "check_like", "check_scalar", "check_choice",
     "compute_dtype", "real_scalar",
 ]
@@ -204,41 +203,6 @@ def _vexp_overload(x):
     return None
 
 
-@njit(**JIT)
-def _expm1_32(x):
-    # Taylor to degree 8 for |x| < 0.35 (no cancellation), else exp(x) - 1.
-    p = _F32(1.0 / 40320.0)
-    p = _fma(p, x, _F32(1.0 / 5040.0))
-    p = _fma(p, x, _F32(1.0 / 720.0))
-    p = _fma(p, x, _F32(1.0 / 120.0))
-    p = _fma(p, x, _F32(1.0 / 24.0))
-    p = _fma(p, x, _F32(1.0 / 6.0))
-    p = _fma(p, x, _F32(0.5))
-    small = _fma(p * x, x, x)
-    large = _exp32(x) - _F32(1.0)
-    return _sel(abs(x) < _F32(0.35), small, large)
-
-
-@njit(**JIT)
-def _expm1_64(x):
-    p = 1.0 / 87178291200.0          # 1/14!
-    p = _fma(p, x, 1.0 / 6227020800.0)
-    p = _fma(p, x, 1.0 / 479001600.0)
-    p = _fma(p, x, 1.0 / 39916800.0)
-    p = _fma(p, x, 1.0 / 3628800.0)
-    p = _fma(p, x, 1.0 / 362880.0)
-    p = _fma(p, x, 1.0 / 40320.0)
-    p = _fma(p, x, 1.0 / 5040.0)
-    p = _fma(p, x, 1.0 / 720.0)
-    p = _fma(p, x, 1.0 / 120.0)
-    p = _fma(p, x, 1.0 / 24.0)
-    p = _fma(p, x, 1.0 / 6.0)
-    p = _fma(p, x, 0.5)
-    small = _fma(p * x, x, x)
-    large = _exp64(x) - 1.0
-    return _sel(abs(x) < 0.35, small, large)
-
-
 @intrinsic
 def _pow2_magic32(typingctx, t):
     """2**n from t = n + 127 + 1.5 * 2**23 (rounded in float32): t's low mantissa bits
@@ -285,64 +249,6 @@ def _vexp_le0_overload(x):
         return lambda x: _exp32_le0(x)
     if x == types.float64:
         return lambda x: _exp64(x)
-    return None
-
-
-def vexpm1(x):
-    """Vectorisable expm1 (float32 or float64 scalar)."""
-    return math.expm1(x)
-
-
-@overload(vexpm1)
-def _vexpm1_overload(x):
-    if x == types.float32:
-        return lambda x: _expm1_32(x)
-    if x == types.float64:
-        return lambda x: _expm1_64(x)
-    return None
-
-
-@njit(**JIT)
-def _tanh32(x):
-    # Cephes tanhf: odd polynomial below 0.625, else 1 - 2/(exp(2|x|) + 1).
-    a = abs(x)
-    z = x * x
-    p = _F32(-5.70498872745e-3)
-    p = _fma(p, z, _F32(2.06390887954e-2))
-    p = _fma(p, z, _F32(-5.37397155531e-2))
-    p = _fma(p, z, _F32(1.33314422036e-1))
-    p = _fma(p, z, _F32(-3.33332819422e-1))
-    small = _fma(p * z, x, x)
-    t = _F32(1.0) - _F32(2.0) / (_exp32(a + a) + _F32(1.0))
-    large = _sel(x >= _F32(0.0), t, -t)
-    return _sel(a < _F32(0.625), small, large)
-
-
-@njit(**JIT)
-def _tanh64(x):
-    a = abs(x)
-    z = x * x
-    p = _fma(_fma(-9.64399179425052238628e-1, z, -9.92877231001918586564e1),
-             z, -1.61468768441708447952e3)
-    q = _fma(_fma(z + 1.12811678491632931402e2, z, 2.23548839060100448583e3),
-             z, 4.84406305325125486048e3)
-    small = _fma(z * p / q, x, x)
-    t = 1.0 - 2.0 / (_exp64(a + a) + 1.0)
-    large = _sel(x >= 0.0, t, -t)
-    return _sel(a < 0.625, small, large)
-
-
-def vtanh(x):
-    """Vectorisable tanh (float32 or float64 scalar)."""
-    return math.tanh(x)
-
-
-@overload(vtanh)
-def _vtanh_overload(x):
-    if x == types.float32:
-        return lambda x: _tanh32(x)
-    if x == types.float64:
-        return lambda x: _tanh64(x)
     return None
 
 
