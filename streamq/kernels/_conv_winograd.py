@@ -14,6 +14,9 @@ transform position e::
 
 Images large enough for 4x4 output tiles (56x56, 28x28) run F(4x4, 3x3) instead
 (``_conv_winograd4``, dispatched from :func:`forward` and :func:`backward_filter`).
+Both run on the same drivers (:func:`run_forward`, :func:`run_backward_filter`),
+given a :class:`Variant`: tile size, number of transform points, transform
+kernels and workspace names (:data:`F2` here, ``_conv_winograd4.F4``).
 
 The backward-data pass of a 3x3 stride-1 convolution is itself such a
 forward convolution (of dy with the filters flipped and K/C swapped, padding
@@ -31,7 +34,10 @@ weight transform is computed in float64.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import sys
+from dataclasses import dataclass
+from types import ModuleType, SimpleNamespace
+from typing import Callable
 
 import numpy as np
 from numba import njit, uint64
@@ -59,10 +65,15 @@ BLOCK_ELEMS = 1 << 21
 
 def applies(g) -> bool:
     """Whether geometry ``g`` is a 3x3 stride-1 undilated convolution suited to Winograd."""
-    tP, tQ = -(-g.P // 2), -(-g.Q // 2)
     return (g.R == 3 and g.S == 3 and g.sh == 1 and g.sw == 1 and g.dh == 1 and g.dw == 1
-            and min(g.Cg, g.Kg) >= MIN_CHANNELS
-            and 4 * tP * (tQ + 1) <= MAX_TILE_WASTE * g.P * g.Q)
+            and min(g.Cg, g.Kg) >= MIN_CHANNELS and tiles_fit(g, 2, MAX_TILE_WASTE))
+
+
+def tiles_fit(g, m: int, max_waste: float) -> bool:
+    """Whether m x m output tiles (plus one junk tile per tile row) compute at most
+    ``max_waste`` times the P x Q outputs of ``g``."""
+    tP, tQ = -(-g.P // m), -(-g.Q // m)
+    return m * m * tP * (tQ + 1) <= max_waste * g.P * g.Q
 
 
 def transform_filters(w: np.ndarray, cdt, U: np.ndarray | None = None) -> np.ndarray:
@@ -285,16 +296,6 @@ def output_transform(M, y, n0, nb, t0, ntr, tQ, alpha, beta):
                             yf[q] = alpha * O[ev + uint64(half)] + beta * yf[q]
 
 
-def _blocks(g, tP, tQ):
-    """Work items (n0, nb, t0, ntr) over images and tile rows (see ``_conv_fast.plan``)."""
-    from . import _conv_fast as cf
-    from ._conv_gemm import threads
-    rows = 16 * max(g.C, g.K)  # V or M elements per tile
-    limit = min(BLOCK_ELEMS, rows * max(tP * tQ, TARGET_TILES))
-    tiles = SimpleNamespace(N=g.N, P=tP, Q=tQ, R=3, S=3, ph=0, pw=0, sh=1, sw=1)
-    return cf.plan(tiles, rows, threads(), limit)
-
-
 @njit(**_JIT)
 def _adjoint_A(p0, p1, o0, o1, o2, o3):
     """A @ (p0, p1) with A = [[1, 0], [1, 1], [1, -1], [0, -1]] (the adjoint of A^T)."""
@@ -395,30 +396,122 @@ def _filter_gradient(dU, dW):
 def backward_filter(xc, dyc, dw, g, alpha, beta, flip):
     """dw = alpha * grad_w + beta * dw by F(2x2, 3x3); xc, dyc C-contiguous float32.
 
-    The adjoint of :func:`forward` in the filters: per block, V from x as
-    there, dM = A dy_tile A^T, then dU[e] += dM[e] @ V[e]^T (per-thread partial
-    sums); finally dw = G^T dU G. Flipped in R and S when ``flip``.
+    The adjoint of :func:`forward` in the filters (:func:`run_backward_filter`).
+    Flipped in R and S when ``flip``. Images large enough for 4x4 tiles run
+    F(4x4, 3x3) instead (``_conv_winograd4``).
     """
-    from . import _conv_fast as cf
     from . import _conv_winograd4
-    from ._conv_gemm import gemm, parallel_for
 
     if _conv_winograd4.applies(g):
         return _conv_winograd4.backward_filter(xc, dyc, dw, g, alpha, beta, flip)
+    run_backward_filter(F2, xc, dyc, dw, g, alpha, beta, flip)
+
+
+def forward(xc, w, y, g, alpha, beta):
+    """y = alpha * conv(xc, w) + beta * y by F(2x2, 3x3); xc C-contiguous in the compute dtype.
+
+    w is oriented (flipped if needed), shape (K, Cg, 3, 3) (:func:`run_forward`).
+    Images large enough for 4x4 tiles run F(4x4, 3x3) instead (``_conv_winograd4``).
+    """
+    from . import _conv_winograd4
+
+    if _conv_winograd4.applies(g):
+        return _conv_winograd4.forward(xc, w, y, g, alpha, beta)
+    run_forward(F2, xc, w, y, g, alpha, beta)
+
+
+# --------------------------------------------------------------------------- #
+# Drivers shared by F(2x2, 3x3) and F(4x4, 3x3)
+# --------------------------------------------------------------------------- #
+
+@dataclass(frozen=True)
+class Variant:
+    """One Winograd F(m x m, 3x3) algorithm: what the shared drivers need of it.
+
+    The kernels take the same arguments in both variants; ``points`` is the number
+    of transform positions ((m + 2)^2: the GEMMs per block and U/V/M's first axis).
+    """
+
+    m: int  #: output tile size
+    points: int
+    ws: str  #: workspace name prefix
+    tunables: ModuleType  #: module whose TARGET_TILES and BLOCK_ELEMS apply (read per call)
+    transform_filters: Callable  #: (w, cdt, U) -> U (points, K, Cg)
+    input_transform: Callable  #: (x, V, n0, nb, t0, ntr, tQ, ph, pw)
+    output_transform: Callable  #: (M, y, n0, nb, t0, ntr, tQ, alpha, beta)
+    gradient_transform: Callable  #: (dy, M, n0, nb, t0, ntr, tQ)
+    filter_gradient: Callable  #: (dU (points, K*Cg), dW (K*Cg, 9) float64)
+
+
+def _blocks(v: Variant, g, tP, tQ):
+    """Work items (n0, nb, t0, ntr) over images and tile rows (see ``_conv_fast.plan``)."""
+    from . import _conv_fast as cf
+    from ._conv_gemm import threads
+    rows = v.points * max(g.C, g.K)  # V or M elements per tile
+    limit = min(v.tunables.BLOCK_ELEMS, rows * max(tP * tQ, v.tunables.TARGET_TILES))
+    tiles = SimpleNamespace(N=g.N, P=tP, Q=tQ, R=3, S=3, ph=0, pw=0, sh=1, sw=1)
+    return cf.plan(tiles, rows, threads(), limit)
+
+
+def run_forward(v: Variant, xc, w, y, g, alpha, beta):
+    """y = alpha * conv(xc, w) + beta * y by variant ``v`` (see :func:`forward`).
+
+    Work items are blocks of whole images or bands of tile rows (:func:`_blocks`):
+    V = B^T d B, then M[e] = U[e] @ V[e] per group, then y = A^T M A.
+    """
+    from . import _conv_fast as cf
+    from ._conv_gemm import gemm, parallel_for
+
     cdt = xc.dtype
-    tP, tQ = -(-g.P // 2), -(-g.Q // 2)
-    blocks = _blocks(g, tP, tQ)
-    acc = cf._Partials("conv.wino.du", (16, g.K, g.Cg, 1), cdt)
+    E = v.points
+    U = v.transform_filters(w, cdt, cf.workspace(v.ws + ".u", (E, g.K, g.Cg), cdt))
+    tP, tQ = -(-g.P // v.m), -(-g.Q // v.m)
+    blocks = _blocks(v, g, tP, tQ)
+    direct = cf._direct(y, cdt)
+    out = y if direct else cf.workspace(v.ws + ".y", y.shape, cdt)
+    a0, b0 = (alpha, beta) if direct else (1.0, 0.0)
 
     def block(i):
         n0, nb, t0, ntr = blocks[i]
         T = nb * ntr * (tQ + 1)
-        V = cf.workspace("conv.wino.v", (16, g.C, T), cdt)
-        M = cf.workspace("conv.wino.m", (16, g.K, T), cdt)
-        input_transform(xc, V, n0, nb, t0, ntr, tQ, g.ph, g.pw)
-        gradient_transform(dyc, M, n0, nb, t0, ntr, tQ)
-        part = acc.mine().reshape(16, g.K, g.Cg)
-        for e in range(16):
+        V = cf.workspace(v.ws + ".v", (E, g.C, T), cdt)
+        M = cf.workspace(v.ws + ".m", (E, g.K, T), cdt)
+        v.input_transform(xc, V, n0, nb, t0, ntr, tQ, g.ph, g.pw)
+        for e in range(E):
+            for gi in range(g.G):
+                k0, c0 = gi * g.Kg, gi * g.Cg
+                gemm(U[e, k0:k0 + g.Kg], V[e, c0:c0 + g.Cg], M[e, k0:k0 + g.Kg])
+        v.output_transform(M, out, n0, nb, t0, ntr, tQ, a0, b0)
+
+    parallel_for(len(blocks), block)
+    if not direct:
+        blend(y, out, alpha, beta)
+
+
+def run_backward_filter(v: Variant, xc, dyc, dw, g, alpha, beta, flip):
+    """dw = alpha * grad_w + beta * dw by variant ``v`` (see :func:`backward_filter`).
+
+    Per block V from x as in :func:`run_forward`, dM = A dy_tile A^T, then
+    dU[e] += dM[e] @ V[e]^T (per-thread partial sums); finally dw = G^T dU G.
+    """
+    from . import _conv_fast as cf
+    from ._conv_gemm import gemm, parallel_for
+
+    cdt = xc.dtype
+    E = v.points
+    tP, tQ = -(-g.P // v.m), -(-g.Q // v.m)
+    blocks = _blocks(v, g, tP, tQ)
+    acc = cf._Partials(v.ws + ".du", (E, g.K, g.Cg, 1), cdt)
+
+    def block(i):
+        n0, nb, t0, ntr = blocks[i]
+        T = nb * ntr * (tQ + 1)
+        V = cf.workspace(v.ws + ".v", (E, g.C, T), cdt)
+        M = cf.workspace(v.ws + ".m", (E, g.K, T), cdt)
+        v.input_transform(xc, V, n0, nb, t0, ntr, tQ, g.ph, g.pw)
+        v.gradient_transform(dyc, M, n0, nb, t0, ntr, tQ)
+        part = acc.mine().reshape(E, g.K, g.Cg)
+        for e in range(E):
             for gi in range(g.G):
                 k0, c0 = gi * g.Kg, gi * g.Cg
                 gemm(M[e, k0:k0 + g.Kg], V[e, c0:c0 + g.Cg], part[e, k0:k0 + g.Kg], 1.0, 1.0,
@@ -430,46 +523,14 @@ def backward_filter(xc, dyc, dw, g, alpha, beta, flip):
     with np.errstate(invalid="ignore", over="ignore"):
         for p in parts[1:]:
             total += p
-    grad = np.empty((g.K * g.Cg, 9))
-    _filter_gradient(total.reshape(16, g.K * g.Cg), grad)
+    grad = cf.workspace(v.ws + ".grad", (g.K * g.Cg, 9), np.float64)
+    v.filter_gradient(total.reshape(E, g.K * g.Cg), grad)
     grad = grad.reshape(g.K, g.Cg, 3, 3)
     blend(dw, grad[:, :, ::-1, ::-1] if flip else grad, alpha, beta)
 
 
-def forward(xc, w, y, g, alpha, beta):
-    """y = alpha * conv(xc, w) + beta * y by F(2x2, 3x3); xc C-contiguous in the compute dtype.
-
-    w is oriented (flipped if needed), shape (K, Cg, 3, 3). Work items are
-    blocks of whole images or bands of tile rows (:func:`_blocks`). Images
-    large enough for 4x4 tiles run F(4x4, 3x3) instead (``_conv_winograd4``).
-    """
-    from . import _conv_fast as cf
-    from . import _conv_winograd4
-    from ._conv_gemm import gemm, parallel_for
-
-    if _conv_winograd4.applies(g):
-        return _conv_winograd4.forward(xc, w, y, g, alpha, beta)
-
-    cdt = xc.dtype
-    U = transform_filters(w, cdt, cf.workspace("conv.wino.u", (16, g.K, g.Cg), cdt))
-    tP, tQ = -(-g.P // 2), -(-g.Q // 2)
-    blocks = _blocks(g, tP, tQ)
-    direct = cf._direct(y, cdt)
-    out = y if direct else cf.workspace("conv.wino.y", y.shape, cdt)
-    a0, b0 = (alpha, beta) if direct else (1.0, 0.0)
-
-    def block(i):
-        n0, nb, t0, ntr = blocks[i]
-        T = nb * ntr * (tQ + 1)
-        V = cf.workspace("conv.wino.v", (16, g.C, T), cdt)
-        M = cf.workspace("conv.wino.m", (16, g.K, T), cdt)
-        input_transform(xc, V, n0, nb, t0, ntr, tQ, g.ph, g.pw)
-        for e in range(16):
-            for gi in range(g.G):
-                k0, c0 = gi * g.Kg, gi * g.Cg
-                gemm(U[e, k0:k0 + g.Kg], V[e, c0:c0 + g.Cg], M[e, k0:k0 + g.Kg])
-        output_transform(M, out, n0, nb, t0, ntr, tQ, a0, b0)
-
-    parallel_for(len(blocks), block)
-    if not direct:
-        blend(y, out, alpha, beta)
+#: F(2x2, 3x3): 4x4 input tiles, 16 transform points.
+F2 = Variant(m=2, points=16, ws="conv.wino", tunables=sys.modules[__name__],
+             transform_filters=transform_filters, input_transform=input_transform,
+             output_transform=output_transform, gradient_transform=gradient_transform,
+             filter_gradient=_filter_gradient)

@@ -21,12 +21,12 @@ transforms are computed in float64.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import sys
 
 import numpy as np
 from numba import njit, uint64
 
-from ._common import blend
+from ._conv_winograd import Variant, run_backward_filter, run_forward, tiles_fit
 
 _JIT = dict(cache=True, nogil=True, fastmath=False)
 
@@ -47,8 +47,7 @@ G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
 
 def applies(g) -> bool:
     """Whether a geometry that suits Winograd (``_conv_winograd.applies``) takes F(4x4)."""
-    tP, tQ = -(-g.P // 4), -(-g.Q // 4)
-    return 16 * tP * (tQ + 1) <= MAX_TILE_WASTE * g.P * g.Q
+    return tiles_fit(g, 4, MAX_TILE_WASTE)
 
 
 def transform_filters(w: np.ndarray, cdt, U: np.ndarray | None = None) -> np.ndarray:
@@ -250,49 +249,6 @@ def output_transform(M, y, n0, nb, t0, ntr, tQ, alpha, beta):
                             yf[dst + uint64(q)] = val + beta * yf[dst + uint64(q)]
 
 
-def _blocks(g, tP, tQ):
-    """Work items (n0, nb, t0, ntr) over images and tile rows (see ``_conv_fast.plan``)."""
-    from . import _conv_fast as cf
-    from ._conv_gemm import threads
-    rows = 36 * max(g.C, g.K)  # V or M elements per tile
-    limit = min(BLOCK_ELEMS, rows * max(tP * tQ, TARGET_TILES))
-    tiles = SimpleNamespace(N=g.N, P=tP, Q=tQ, R=3, S=3, ph=0, pw=0, sh=1, sw=1)
-    return cf.plan(tiles, rows, threads(), limit)
-
-
-def forward(xc, w, y, g, alpha, beta):
-    """y = alpha * conv(xc, w) + beta * y by F(4x4, 3x3); xc C-contiguous in the compute dtype.
-
-    w is oriented (flipped if needed), shape (K, Cg, 3, 3).
-    """
-    from . import _conv_fast as cf
-    from ._conv_gemm import gemm, parallel_for
-
-    cdt = xc.dtype
-    U = transform_filters(w, cdt, cf.workspace("conv.wino4.u", (36, g.K, g.Cg), cdt))
-    tP, tQ = -(-g.P // 4), -(-g.Q // 4)
-    blocks = _blocks(g, tP, tQ)
-    direct = cf._direct(y, cdt)
-    out = y if direct else cf.workspace("conv.wino4.y", y.shape, cdt)
-    a0, b0 = (alpha, beta) if direct else (1.0, 0.0)
-
-    def block(i):
-        n0, nb, t0, ntr = blocks[i]
-        T = nb * ntr * (tQ + 1)
-        V = cf.workspace("conv.wino4.v", (36, g.C, T), cdt)
-        M = cf.workspace("conv.wino4.m", (36, g.K, T), cdt)
-        input_transform(xc, V, n0, nb, t0, ntr, tQ, g.ph, g.pw)
-        for e in range(36):
-            for gi in range(g.G):
-                k0, c0 = gi * g.Kg, gi * g.Cg
-                gemm(U[e, k0:k0 + g.Kg], V[e, c0:c0 + g.Cg], M[e, k0:k0 + g.Kg])
-        output_transform(M, out, n0, nb, t0, ntr, tQ, a0, b0)
-
-    parallel_for(len(blocks), block)
-    if not direct:
-        blend(y, out, alpha, beta)
-
-
 # --------------------------------------------------------------------------- #
 # Filter gradient: the adjoint of forward in the filters
 # --------------------------------------------------------------------------- #
@@ -395,41 +351,33 @@ def _filter_gradient(dU, Gm, dW):
                     dW[j0 + jj, r * 3 + s] = acc
 
 
+# --------------------------------------------------------------------------- #
+# The variant and its entry points (drivers shared with F(2x2) in _conv_winograd)
+# --------------------------------------------------------------------------- #
+
+def _filter_gradient_g(dU, dW):
+    """:func:`_filter_gradient` with this module's G (the variant's ``filter_gradient``)."""
+    _filter_gradient(dU, G, dW)
+
+
+#: F(4x4, 3x3): 6x6 input tiles, 36 transform points.
+F4 = Variant(m=4, points=36, ws="conv.wino4", tunables=sys.modules[__name__],
+             transform_filters=transform_filters, input_transform=input_transform,
+             output_transform=output_transform, gradient_transform=gradient_transform,
+             filter_gradient=_filter_gradient_g)
+
+
+def forward(xc, w, y, g, alpha, beta):
+    """y = alpha * conv(xc, w) + beta * y by F(4x4, 3x3); xc C-contiguous in the compute dtype.
+
+    w is oriented (flipped if needed), shape (K, Cg, 3, 3) (``_conv_winograd.run_forward``).
+    """
+    run_forward(F4, xc, w, y, g, alpha, beta)
+
+
 def backward_filter(xc, dyc, dw, g, alpha, beta, flip):
     """dw = alpha * grad_w + beta * dw by F(4x4, 3x3); xc, dyc C-contiguous float32.
 
-    As ``_conv_winograd.backward_filter``: per block V from x, dM = A dy_tile A^T,
-    dU[e] += dM[e] @ V[e]^T (per-thread partial sums); finally dw = G^T dU G.
+    As ``_conv_winograd.backward_filter`` (``_conv_winograd.run_backward_filter``).
     """
-    from . import _conv_fast as cf
-    from ._conv_gemm import gemm, parallel_for
-
-    cdt = xc.dtype
-    tP, tQ = -(-g.P // 4), -(-g.Q // 4)
-    blocks = _blocks(g, tP, tQ)
-    acc = cf._Partials("conv.wino4.du", (36, g.K, g.Cg, 1), cdt)
-
-    def block(i):
-        n0, nb, t0, ntr = blocks[i]
-        T = nb * ntr * (tQ + 1)
-        V = cf.workspace("conv.wino4.v", (36, g.C, T), cdt)
-        M = cf.workspace("conv.wino4.m", (36, g.K, T), cdt)
-        input_transform(xc, V, n0, nb, t0, ntr, tQ, g.ph, g.pw)
-        gradient_transform(dyc, M, n0, nb, t0, ntr, tQ)
-        part = acc.mine().reshape(36, g.K, g.Cg)
-        for e in range(36):
-            for gi in range(g.G):
-                k0, c0 = gi * g.Kg, gi * g.Cg
-                gemm(M[e, k0:k0 + g.Kg], V[e, c0:c0 + g.Cg], part[e, k0:k0 + g.Kg], 1.0, 1.0,
-                     trans_b=True)
-
-    parallel_for(len(blocks), block)
-    parts = list(acc.parts.values())
-    total = parts[0]
-    with np.errstate(invalid="ignore", over="ignore"):
-        for p in parts[1:]:
-            total += p
-    grad = cf.workspace("conv.wino4.grad", (g.K * g.Cg, 9), np.float64)
-    _filter_gradient(total.reshape(36, g.K * g.Cg), G, grad)
-    grad = grad.reshape(g.K, g.Cg, 3, 3)
-    blend(dw, grad[:, :, ::-1, ::-1] if flip else grad, alpha, beta)
+    run_backward_filter(F4, xc, dyc, dw, g, alpha, beta, flip)
