@@ -196,6 +196,7 @@ def _all_peer_labels():
                "aten max_pool2d_with_indices_backward 64x112x112",
                "aten _adaptive_avg_pool2d 2048x7x7->1",
                "softmax fwd (N,1000)", "log_softmax fwd (N,1000)",
+               "softmax bwd (N,1000)", "log_softmax bwd (N,1000)",
                "aten _softmax (N,1000)", "aten _log_softmax (N,1000)",
                "aten _softmax_backward_data (N,1000)", "aten _log_softmax_backward_data (N,1000)",
                "aten nll_loss_forward mean (N,1000)", "aten nll_loss_backward mean (N,1000)"]
@@ -266,6 +267,12 @@ def ours(label, n):
         x4, y4 = x.reshape(n, 1000, 1, 1), y.reshape(n, 1000, 1, 1)
         alg = "log" if kind.startswith("log") else "accurate"
         return lambda: f(x4, y4, algorithm=alg, mode="instance")
+    if kind in ("softmax bwd", "log_softmax bwd"):          # cuDNN's backward vs ATen's
+        x4, y4 = x.reshape(n, 1000, 1, 1), y.reshape(n, 1000, 1, 1)
+        alg = "log" if kind.startswith("log") else "accurate"
+        K.get("cudnn.softmax_forward")(x4, y4, algorithm=alg, mode="instance")
+        f, dy, dx = K.get("cudnn.softmax_backward"), randn((n, 1000, 1, 1), 2), np.empty_like(y4)
+        return lambda: f(y4, dy, dx, algorithm=alg, mode="instance")
     if kind in ("aten _softmax", "aten _log_softmax"):
         f = K.get("aten::" + kind.split()[1])
         return lambda: f(x, 1, False, out=y)
@@ -337,6 +344,12 @@ def theirs(label, n):
     if kind in ("aten _softmax", "aten _log_softmax"):
         f = getattr(aten, kind.split()[1])
         return lambda: f(x, 1, False)
+    if kind in ("softmax bwd", "log_softmax bwd"):
+        log = kind.startswith("log")
+        y = aten._log_softmax(x, 1, False) if log else aten._softmax(x, 1, False)
+        g = T(randn((n, 1000), 2))
+        f = aten._log_softmax_backward_data if log else aten._softmax_backward_data
+        return lambda: f(g, y, 1, torch.float32)
     if kind.endswith("backward_data"):
         log = "log" in kind
         y = aten._log_softmax(x, 1, False) if log else aten._softmax(x, 1, False)

@@ -464,17 +464,6 @@ def nll_forward(x, target, weight, ignore_index, per_sample):
     return total, wsum
 
 
-@njit(**_JIT)
-def nll_backward(grad, target, weight, ignore_index, gi):
-    """gi[n, t] = -w[t] * grad[n] (grad broadcast when it has one element); gi zeroed by caller."""
-    one = grad.size == 1
-    for n in range(gi.shape[0]):
-        t = target[n]
-        if t != ignore_index:
-            g = grad[0] if one else grad[n]
-            gi[n, t] = -weight[t] * g
-
-
 # ------------------------------------------------------------------ pooling --
 
 @njit(**_PAR)
@@ -504,15 +493,6 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, idx):
                         bi = ih * W + iw
             out[p, oh, ow] = best
             idx[p, oh, ow] = bi
-
-
-@njit(**_PAR)
-def max_pool2d_backward(go, idx, gi):
-    """gi[p].flat[idx[p, o]] += go[p, o]; gi is (P, H*W) and zeroed by the caller."""
-    P = go.shape[0]
-    for p in prange(P):
-        for o in range(go.shape[1]):
-            gi[p, idx[p, o]] += go[p, o]
 
 
 @njit(**_PAR)

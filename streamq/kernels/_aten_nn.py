@@ -14,11 +14,11 @@ import math
 import numbers
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import _aten_jit as jit
 from . import _dnn_softmax as dsm
-from ._dnn_common import JIT, serial_below
+from ._dnn_common import JIT, JIT_PAR, serial_below
 from ._aten_common import (
     FLOAT16, FLOAT32, FLOAT64, INT64, as_c_float, check_out, check_tensor, pair, wrap_dim,
 )
@@ -416,9 +416,22 @@ def nll_loss_backward_numba(grad_output, self, target, weight, reduction, ignore
     t, w, ignore, g = _prep_nll_backward(grad_output, self, target, weight, reduction,
                                          ignore_index, total_weight, grad_input)
     gi = _scratch_for(grad_input, FLOAT64 if grad_input.dtype == FLOAT64 else FLOAT32)
-    gi[...] = 0
-    jit.nll_backward(g, t, w, ignore, gi.reshape(len(t), self.shape[-1]))
+    _nll_backward_rows(g, t, w, ignore, gi.reshape(len(t), self.shape[-1]))
     return _finish(grad_input, gi)
+
+
+@njit(**JIT)
+def _nll_backward_rows(grad, target, weight, ignore_index, gi):
+    """gi[n] = 0 except gi[n, t_n] = -w[t_n] * grad[n] (grad broadcast when it has one
+    element; nothing for ignored targets): one pass writes the zeros and the values."""
+    one = grad.size == 1
+    z = gi.dtype.type(0)
+    for n in range(gi.shape[0]):
+        for k in range(gi.shape[1]):
+            gi[n, k] = z
+        t = target[n]
+        if t != ignore_index:
+            gi[n, t] = -weight[t] * (grad[0] if one else grad[n])
 
 
 _regs("aten::nll_loss_backward",
@@ -627,7 +640,8 @@ def _prep_max_pool_backward(grad_output, self, kernel_size, stride, padding, dil
     check_array("indices", indices, shape=shape, dtype=INT64)
     check_out(grad_input, self.shape, self.dtype, "grad_input")
     plane = self.shape[-1] * self.shape[-2]
-    if indices.size and (indices.min() < 0 or indices.max() >= plane):
+    flat = indices.reshape(-1) if indices.flags.c_contiguous else np.ravel(indices)
+    if indices.size and not _all_in_range(flat, plane):
         raise ValueError(f"indices must lie in [0, {plane}) (the H*W plane), got values in "
                          f"[{indices.min()}, {indices.max()}]")
     return plane
@@ -652,11 +666,32 @@ def max_pool2d_with_indices_backward_numba(grad_output, self, kernel_size, strid
     g = as_c_float(grad_output)
     g = g.reshape(-1, g.shape[-2] * g.shape[-1])
     gi = _scratch_for(grad_input, g.dtype)
-    gi[...] = 0
     with serial_below(gi.size):
-        jit.max_pool2d_backward(g, np.ascontiguousarray(indices).reshape(g.shape),
-                                gi.reshape(g.shape[0], plane))
+        _scatter_planes(g, np.ascontiguousarray(indices).reshape(g.shape),
+                        gi.reshape(g.shape[0], plane))
     return _finish(grad_input, gi)
+
+
+@njit(**JIT)
+def _all_in_range(idx, plane):
+    """Whether every index lies in [0, plane) (one branch-free pass that vectorises)."""
+    bad = False
+    for i in range(idx.size):
+        v = idx[i]
+        bad |= (v < 0) | (v >= plane)
+    return not bad
+
+
+@njit(**JIT_PAR)
+def _scatter_planes(go, idx, gi):
+    """gi[p] = 0, then gi[p, idx[p, o]] += go[p, o]: per plane, so that the zeroed plane is
+    still in cache when the gradient lands in it (gi is written to memory once)."""
+    z = gi.dtype.type(0)
+    for p in prange(go.shape[0]):
+        for k in range(gi.shape[1]):
+            gi[p, k] = z
+        for o in range(go.shape[1]):
+            gi[p, idx[p, o]] += go[p, o]
 
 
 _regs("aten::max_pool2d_with_indices_backward",

@@ -490,6 +490,66 @@ def _spatial_backward(x3, y3, g3, dz3, o3, mean, inv, scale, alpha, beta, sum_g,
                             mh, ml, alpha, beta, ops)
 
 
+@njit(**RJIT)
+def _block_grad_sums(x3, g3, mean, c0, c1, sum_g, sum_gx):
+    """sum_g[c] = sum(g), sum_gx[c] = sum((x - mean) * g) over x3[:, c], g3[:, c] for the
+    channels c in [c0, c1), walking each sample's contiguous run of those channels."""
+    for c in range(c0, c1):
+        sum_g[c] = 0.0
+        sum_gx[c] = 0.0
+    for n in range(x3.shape[0]):
+        for c in range(c0, c1):
+            mu = mean[c]
+            s = 0.0
+            t = 0.0
+            for i in range(x3.shape[2]):        # 3-d indexing: a slice per plane costs more
+                g = np.float64(g3[n, c, i])      # than these short loops
+                s += g
+                t += (x3[n, c, i] - mu) * g
+            sum_g[c] += s
+            sum_gx[c] += t
+
+
+@njit(**JIT)
+def _block_apply(x3, g3, o3, coef, c0, c1, alpha, beta):
+    """o3[:, c] = alpha*(ca*g + cb*((x - mh) - ml) + cc) + beta*o3[:, c] for c in [c0, c1),
+    in the data dtype; coef[c] = (ca, cb, cc, mh, ml) already in that dtype."""
+    al, be = K(alpha, o3), K(beta, o3)
+    for n in range(x3.shape[0]):
+        for c in range(c0, c1):
+            ca, cb, cc, mh, ml = coef[c, 0], coef[c, 1], coef[c, 2], coef[c, 3], coef[c, 4]
+            if beta == 0:
+                for i in range(x3.shape[2]):
+                    o3[n, c, i] = al * (ca * g3[n, c, i] + cb * ((x3[n, c, i] - mh) - ml) + cc)
+            else:
+                for i in range(x3.shape[2]):
+                    o3[n, c, i] = (al * (ca * g3[n, c, i] + cb * ((x3[n, c, i] - mh) - ml) + cc)
+                                   + be * o3[n, c, i])
+
+
+@njit(**JIT_PAR)
+def _spatial_backward_blocks(x3, g3, o3, mean, inv, scale, alpha, beta, sum_g, sum_gx, bc):
+    """_spatial_backward (ops 0) for small planes: parallel over blocks of ``bc`` channels,
+    each sample's run of a block's channels read contiguously (a per-channel walk would
+    hop between N planes of a few cache lines each), sums then dx from cache."""
+    n_, c_, m_ = x3.shape
+    m = n_ * m_
+    coef = np.empty((c_, 5), o3.dtype)
+    for b in prange((c_ + bc - 1) // bc):
+        c0, c1 = b * bc, min(c_, (b + 1) * bc)
+        _block_grad_sums(x3, g3, mean, c0, c1, sum_g, sum_gx)
+        for c in range(c0, c1):
+            iv, mu = inv[c], mean[c]
+            ca = scale[c] * iv                   # dx = ca*g + cb*(x - mean) + cc
+            mh = K(mu, o3)
+            coef[c, 0] = ca
+            coef[c, 1] = -ca * iv * iv * sum_gx[c] / m
+            coef[c, 2] = -ca * sum_g[c] / m
+            coef[c, 3] = mh
+            coef[c, 4] = mu - np.float64(mh)
+        _block_apply(x3, g3, o3, coef, c0, c1, alpha, beta)
+
+
 @njit(**JIT_PAR)
 def _affine(x3, y3, a2, ch2, cl2, b2, alpha, beta):
     """y3[n,k,:] = alpha*(a2*(x3 - c) + b2) + beta*y3 with c = ch2 + cl2 (the centre split
@@ -517,6 +577,28 @@ def _affine(x3, y3, a2, ch2, cl2, b2, alpha, beta):
                 if be != 0:
                     v += be * yp[i]
                 yp[i] = v
+
+
+@njit(**JIT_PAR)
+def _affine_small(x3, y3, coef, alpha, beta, bc):
+    """_affine's (1, L) column form for small spatial planes, with per-channel coefficients
+    coef[c] = (a, ch, cl, b) (data dtype) instead of rows repeated over every column:
+    y3 = alpha*(a*((x3 - ch) - cl) + b) + beta*y3, the same arithmetic, parallel over
+    runs of ``bc`` channels of one sample."""
+    n_, c_, m_ = x3.shape
+    nb = (c_ + bc - 1) // bc
+    al, be = K(alpha, y3), K(beta, y3)
+    for t in prange(n_ * nb):
+        n = t // nb
+        c0 = (t % nb) * bc
+        for c in range(c0, min(c_, c0 + bc)):
+            a, h, lo, b = coef[c, 0], coef[c, 1], coef[c, 2], coef[c, 3]
+            if beta == 0:
+                for i in range(m_):
+                    y3[n, c, i] = al * (a * ((x3[n, c, i] - h) - lo) + b)
+            else:
+                for i in range(m_):
+                    y3[n, c, i] = al * (a * ((x3[n, c, i] - h) - lo) + b) + be * y3[n, c, i]
 
 
 def _affine_coef(layout, rep, a, centre, b, dtype):
@@ -613,6 +695,14 @@ def _stage3(mode, arr, *, read=True):
 _SMALL_PLANE = 256
 
 
+def _block_channels(x3) -> int:
+    """Channels per task of the small-plane backward: a block's x, dy and dx (N*bc*M
+    values each) stay within ~192 KiB, so its second pass runs from L2."""
+    n, c, m = x3.shape
+    per_channel = 3 * n * m * x3.dtype.itemsize
+    return max(1, min(c, (192 << 10) // max(per_channel, 1)))
+
+
 def _layout(mode, x):
     """('planes', 1): per-channel kernels on the (N, C, M) view (spatial, M >= _SMALL_PLANE);
     ('columns', rep): column kernels on the (N, 1, L) view, each statistic merging
@@ -706,12 +796,17 @@ def batch_norm_forward_inference_numba(x, y, scale, bias, estimated_mean, estima
     eps, alpha, beta = _check_inference(x, y, scale, bias, estimated_mean, estimated_variance,
                                         mode, epsilon, alpha, beta)
     layout, rep = _layout(mode, x)
-    view = "spatial" if layout == "planes" else "per_activation"
+    view = "spatial" if layout == "planes" or mode == "spatial" else "per_activation"
     _, x3 = _stage3(view, x)
     ys, y3 = _stage3(view, y, read=beta != 0)
     a = _flat64(scale) / np.sqrt(_flat64(estimated_variance) + eps)
-    _affine(x3, y3, *_affine_coef(layout, rep, a, _flat64(estimated_mean), _flat64(bias), x3.dtype),
-            alpha, beta)
+    if layout == "columns" and mode == "spatial":      # small planes: per-channel coefficients
+        coef = np.stack([c.reshape(-1) for c in _affine_coef(
+            "planes", 1, a, _flat64(estimated_mean), _flat64(bias), x3.dtype)], axis=1)
+        _affine_small(x3, y3, coef, alpha, beta, max(1, 4096 // max(x3.shape[2], 1)))
+    else:
+        _affine(x3, y3, *_affine_coef(layout, rep, a, _flat64(estimated_mean), _flat64(bias),
+                                      x3.dtype), alpha, beta)
     _writeback(y, ys)
 
 
@@ -737,7 +832,11 @@ def batch_norm_backward_ex_numba(x, y, dy, dz, dx, scale, dscale, dbias, *, mode
         inv = 1.0 / np.sqrt(var + eps)
     else:
         mean, inv = _flat64(saved_mean), _flat64(saved_inv_variance)
-    if mode == "spatial":
+    if mode == "spatial" and opi == 0 and x3.shape[2] < _SMALL_PLANE:
+        sum_g, sum_gx = np.empty_like(mean), np.empty_like(mean)
+        _spatial_backward_blocks(x3, g3, o3, mean, inv, _flat64(scale), a_d, b_d, sum_g, sum_gx,
+                                 _block_channels(x3))
+    elif mode == "spatial":
         sum_g, sum_gx = np.empty_like(mean), np.empty_like(mean)
         _spatial_backward(x3, y3, g3, dz3, o3, mean, inv, _flat64(scale), a_d, b_d, sum_g,
                           sum_gx, opi)

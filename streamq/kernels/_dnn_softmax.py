@@ -25,8 +25,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import FLOAT_DTYPES, blend
-from ._dnn_common import _sel, quiet, JIT, JIT_PAR, check_array, check_choice, check_float, \
-    check_like, check_scalar, compute_dtype, vexp, vexp_le0
+from ._dnn_common import _fma, _sel, K, quiet, JIT, JIT_PAR, check_array, check_choice, \
+    check_float, check_like, check_scalar, compute_dtype, vexp, vexp_le0
 from .registry import register
 
 ALGORITHMS = ("fast", "accurate", "log")
@@ -187,20 +187,32 @@ def _row_forward(xr, yr, buf, log, alpha, beta):
 @njit(**JIT)
 def _row_backward(yr, gr, dxr, log, alpha, beta):
     """One group's gradient; dxr may be gr (in place: the sum is taken first)."""
-    if log:
+    if log and beta == 0:
+        # In the data dtype: dy - e*sum as fma(-e, sh, dy) - e*sl with the float64 sum
+        # split in two (sh + sl), so a difference near zero keeps its precision.
+        total = _sum64(gr)
+        th = K(total, dxr)
+        tl, a = K(total - np.float64(th), dxr), K(alpha, dxr)
+        for i in range(yr.size):
+            e = vexp(yr[i])
+            dxr[i] = a * (_fma(-e, th, gr[i]) - e * tl)
+    elif log:
         total = _sum64(gr)
         for i in range(yr.size):
-            v = alpha * (gr[i] - vexp(yr[i]) * total)
-            if beta != 0:
-                v += beta * dxr[i]
-            dxr[i] = v
+            dxr[i] = alpha * (gr[i] - vexp(yr[i]) * total) + beta * dxr[i]
+    elif beta == 0:
+        # In the data dtype (twice the lanes of float64) with the float64 sum split into
+        # two parts, th + tl: g - th is exact when g is near the sum, so the difference
+        # keeps its precision; <= ~2 ulp from the float64 result.
+        total = _dot64(gr, yr)
+        th = K(total, dxr)
+        tl, a = K(total - np.float64(th), dxr), K(alpha, dxr)
+        for i in range(yr.size):
+            dxr[i] = a * (yr[i] * ((gr[i] - th) - tl))
     else:
         total = _dot64(gr, yr)
         for i in range(yr.size):
-            v = alpha * (yr[i] * (gr[i] - total))
-            if beta != 0:
-                v += beta * dxr[i]
-            dxr[i] = v
+            dxr[i] = alpha * (yr[i] * (gr[i] - total)) + beta * dxr[i]
 
 
 @njit(**JIT_PAR)
