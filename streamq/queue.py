@@ -31,7 +31,7 @@ from . import _blocking, _scheduler, _timer, trace
 from .errors import DeadlockError
 from .events import Event, _marker_dependency
 from .task import Task
-from .topology import CMG, topology
+from .topology import CMG, _thread_state, topology
 
 __all__ = ["Queue", "global_queue", "current_queue"]
 
@@ -688,6 +688,7 @@ class Queue(Executor):
         the head under the lock, and none is taken while another one runs.
         """
         pool = self._pool
+        old_cmg = _thread_state.cmg
         undo = _scheduler.lend_caller_to(pool.cmg) if pool is not None else None
         stack = _blocking.queue_stack()
         stack.append(self)
@@ -708,6 +709,8 @@ class Queue(Executor):
             stack.pop()
             if undo is not None:
                 undo()
+            else:
+                _thread_state.cmg = old_cmg
 
     def query(self) -> bool:
         """True if every task submitted so far has finished (never blocks)."""

@@ -457,7 +457,8 @@ def check_host_sync(what: str) -> None:
     """Raise cudaErrorNotPermitted if a facade op (host function, callback, kernel)
     calls the synchronizing API ``what``: waiting for stream work from inside stream
     work can deadlock, and CUDA forbids API calls there."""
-    if in_stream_work():
+    stack = _blocking._state.stack   # in_stream_work(), inlined: every synchronize passes here
+    if stack and any(q in _facade_queues for q in stack):
         raise CudaError(cudaError_t.cudaErrorNotPermitted,
                         f"{what} called from inside stream work (a host function or callback)")
 
