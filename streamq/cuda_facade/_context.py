@@ -34,7 +34,7 @@ from streamq import _blocking, trace
 from ._errors import CudaError, cudaError_t
 
 __all__ = ["Device", "Stream", "cudaStream_t", "device", "current_device", "set_current_device",
-           "device_count", "resolve_stream", "forget_stream", "check_host_sync", "in_stream_work",
+           "device_count", "resolve_stream", "forget_stream", "check_host_sync",
            "register_queue", "reset_hooks", "PRIORITY_LEAST", "PRIORITY_GREATEST"]
 
 # cudaDeviceGetStreamPriorityRange: lower numbers are higher priorities, as on recent GPUs.
@@ -447,17 +447,11 @@ def register_queue(queue) -> None:
     _facade_queues.add(queue)
 
 
-def in_stream_work() -> bool:
-    """True if the calling thread is running an op of a facade stream (a host function, a kernel)."""
-    stack = _blocking._state.stack   # (None on a thread that never ran queue work)
-    return bool(stack) and any(q in _facade_queues for q in stack)
-
-
 def check_host_sync(what: str) -> None:
     """Raise cudaErrorNotPermitted if a facade op (host function, callback, kernel)
     calls the synchronizing API ``what``: waiting for stream work from inside stream
     work can deadlock, and CUDA forbids API calls there."""
-    stack = _blocking._state.stack   # in_stream_work(), inlined: every synchronize passes here
+    stack = _blocking._state.stack   # (None on a thread that never ran queue work)
     if stack and any(q in _facade_queues for q in stack):
         raise CudaError(cudaError_t.cudaErrorNotPermitted,
                         f"{what} called from inside stream work (a host function or callback)")
